@@ -1,0 +1,89 @@
+"""Manifest fragments: one Parquet file per committed shard.
+
+The rows are the shard's images (one per image, `schema.SCHEMA`). The file's
+key-value metadata carries the schema version and the shard's tar index: the whole
+tar's size and sha256, and the members that are not images (`json`, `cls`), so that
+`verify` can check every byte of the tar and name the key of any bad member.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.errors import ManifestError, SchemaVersionError
+from manifests.schema import SCHEMA, SCHEMA_VERSION
+
+VERSION_KEY = b"manifests.schema_version"
+SHARD_KEY = b"manifests.shard"
+
+
+@dataclass(frozen=True)
+class MemberIndex:
+    name: str
+    offset: int  # of the member's data, not its header
+    nbytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: int
+    tar_nbytes: int
+    tar_sha256: str
+    samples: int
+    members: int
+    other_members: tuple[MemberIndex, ...]  # the members that have no manifest row
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardInfo:
+        raw = json.loads(text)
+        raw["other_members"] = tuple(MemberIndex(**m) for m in raw["other_members"])
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Fragment:
+    table: pa.Table
+    info: ShardInfo
+
+    def expected_members(self) -> dict[str, MemberIndex]:
+        """Every member the shard's tar must hold, by name."""
+        rows = self.table.select(["member", "offset", "nbytes", "sha256"]).to_pylist()
+        expected = {r["member"]: MemberIndex(r["member"], r["offset"], r["nbytes"], r["sha256"]) for r in rows}
+        expected.update((m.name, m) for m in self.info.other_members)
+        return expected
+
+
+def encode_fragment(rows: pa.Table, info: ShardInfo) -> bytes:
+    table = rows.cast(SCHEMA).replace_schema_metadata(
+        {VERSION_KEY: str(SCHEMA_VERSION).encode(), SHARD_KEY: info.to_json().encode()}
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_fragment(data: bytes, where: str) -> Fragment:
+    """Parse a fragment; `where` names it in errors."""
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ManifestError(f"{where}: not a readable Parquet fragment ({e})") from None
+    meta = table.schema.metadata or {}
+    if VERSION_KEY not in meta:
+        raise ManifestError(f"{where}: not a manifest fragment (no {VERSION_KEY.decode()} metadata)")
+    version = meta[VERSION_KEY].decode()
+    if version != str(SCHEMA_VERSION):
+        raise SchemaVersionError(
+            f"{where}: manifest schema version {version}, but this manifests package reads "
+            f"version {SCHEMA_VERSION} (install the factory version that wrote the run)"
+        )
+    return Fragment(table=table.replace_schema_metadata(None), info=ShardInfo.from_json(meta[SHARD_KEY].decode()))

@@ -1,0 +1,88 @@
+"""Reading a run: what is committed, and its manifest as a pyarrow table or dataset.
+
+Everything goes through `factory.storage`, so a run on S3 is read with the same
+boto3 endpoint and credentials it was written with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from factory.storage import Storage, storage_for
+from manifests.fragment import Fragment, decode_fragment
+from manifests.layout import RunLayout
+from manifests.run_info import RunInfo, read_run_info
+from manifests.schema import SCHEMA
+
+# Fragments are small; reading them is latency-bound, so overlap the requests.
+READ_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class RunListing:
+    """Which shards have a fragment and which have a tar, from two prefix listings."""
+
+    fragments: frozenset[int]
+    tars: frozenset[int]
+
+    @property
+    def committed(self) -> list[int]:
+        """A shard exists only when both its tar and its fragment do."""
+        return sorted(self.fragments & self.tars)
+
+    @property
+    def orphan_tars(self) -> list[int]:
+        """Tars without a fragment: never committed; resume rewrites them."""
+        return sorted(self.tars - self.fragments)
+
+    @property
+    def missing_tars(self) -> list[int]:
+        """Fragments whose tar is gone: the run lost data."""
+        return sorted(self.fragments - self.tars)
+
+
+class Run:
+    """A run under one URI (local folder or s3://). Raises `RunNotFound` if there is none."""
+
+    def __init__(self, uri: str, storage: Storage | None = None) -> None:
+        self.layout = RunLayout(uri)
+        self.uri = self.layout.uri
+        self.storage = storage or storage_for(uri)
+        self.info: RunInfo = read_run_info(self.uri, self.storage)
+
+    def listing(self) -> RunListing:
+        fragments = (RunLayout.fragment_index(o.uri) for o in self.storage.list(self.layout.manifest_prefix))
+        tars = (RunLayout.shard_index(o.uri) for o in self.storage.list(self.layout.shards_prefix))
+        return RunListing(
+            fragments=frozenset(i for i in fragments if i is not None),
+            tars=frozenset(i for i in tars if i is not None),
+        )
+
+    def fragment(self, shard: int) -> Fragment:
+        uri = self.layout.fragment_uri(shard)
+        return decode_fragment(self.storage.get_bytes(uri), where=uri)
+
+    def fragments(self, shards: Iterable[int] | None = None) -> Iterator[Fragment]:
+        """Fragments in shard order (default: every committed shard), fetched concurrently."""
+        wanted = list(self.listing().committed if shards is None else shards)
+        with ThreadPoolExecutor(READ_WORKERS) as pool:
+            yield from pool.map(self.fragment, wanted)
+
+    @cached_property
+    def _table(self) -> pa.Table:
+        tables = [f.table for f in self.fragments()]
+        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+    def table(self) -> pa.Table:
+        """The manifest of every committed shard: one row per image."""
+        return self._table
+
+    def dataset(self) -> ds.Dataset:
+        """The manifest as a pyarrow dataset, for filtered scans (`dataset().to_table(filter=...)`)."""
+        return ds.dataset(self._table)
