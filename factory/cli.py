@@ -68,13 +68,14 @@ def verify(
         report = verify_run(run, workers=workers, on_shard=lambda _: progress.advance(task))
 
     for problem in report.problems:
-        err.print(str(problem), markup=False, highlight=False)
+        err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
     planned = f" of {report.total_shards}" if report.total_shards is not None else ""
     out.print(
         f"{report.run_uri}: {len(report.committed)}{planned} shards committed, "
         f"{report.members_checked} members, {report.bytes_checked / 1e6:.1f} MB checked",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     if report.not_committed:
         shown = ", ".join(f"{i:06d}" for i in report.not_committed[:10])
@@ -82,6 +83,7 @@ def verify(
         err.print(
             f"not committed: {len(report.not_committed)} shards ({shown}{more}); resume the job to make them",
             markup=False,
+            soft_wrap=True,
         )
     if report.orphan_tars:
         err.print(f"orphan tars (no fragment, resume overwrites them): {len(report.orphan_tars)}", markup=False)

@@ -64,6 +64,10 @@ class Run:
             tars=frozenset(i for i in tars if i is not None),
         )
 
+    def shard_uris(self) -> list[str]:
+        """URLs of the committed shards, in order: what a WebDataset pipeline reads."""
+        return [self.layout.shard_uri(i) for i in self.listing().committed]
+
     def fragment(self, shard: int) -> Fragment:
         uri = self.layout.fragment_uri(shard)
         return decode_fragment(self.storage.get_bytes(uri), where=uri)

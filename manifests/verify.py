@@ -100,10 +100,13 @@ def _check_shard(run: Run, shard: int) -> _ShardResult:
             problems.append(Problem(shard, f"tar unreadable: {e}"))
         reader.drain()
 
-    for name in sorted(expected.keys() - seen):
-        problems.append(Problem(shard, "in the manifest but not in the tar", name))
-    if len({split_member(n)[0] for n in seen}) != fragment.info.samples:
-        problems.append(Problem(shard, f"tar holds a different number of samples than the manifest's {fragment.info.samples}"))
+    missing = sorted(expected.keys() - seen, key=lambda name: expected[name].offset)
+    if missing:
+        # A bad header ends tar reading there: name the first lost member, count the rest.
+        later = f" (nor are {len(missing) - 1} members after it)" if len(missing) > 1 else ""
+        problems.append(Problem(shard, f"in the manifest but not read from the tar{later}", missing[0]))
+    elif len({split_member(n)[0] for n in seen}) != fragment.info.samples:
+        problems.append(Problem(shard, f"tar holds other than the manifest's {fragment.info.samples} samples"))
     tar_sha = reader.sha256.hexdigest()
     if not problems and (reader.nbytes != fragment.info.tar_nbytes or tar_sha != fragment.info.tar_sha256):
         problems.append(Problem(shard, "tar bytes differ from the manifest outside every member (a header or padding)"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,13 +53,15 @@ class S3Storage:
         self,
         *,
         part_size: int = DEFAULT_PART_SIZE,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise StorageError(f"S3 part size must be at least {MIN_PART_SIZE} bytes, got {part_size}")
         self.part_size = part_size
+        if max_attempts is None:  # boto's own variable, honoured as the AWS CLI does
+            max_attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
         config = Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=connect_timeout,

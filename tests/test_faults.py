@@ -1,0 +1,108 @@
+"""Failures the contract must survive: a shard upload that dies, and corrupted bytes."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.compute as pc
+import pytest
+from helpers import flip_byte, inject_http_errors, run_cli
+
+from factory.demo_run import write_demo_run
+from factory.errors import StorageError
+from factory.shard_writer import SampleImage, ShardWriter
+from factory.storage import storage_for
+from factory.storage.s3 import MIB, S3Storage
+from manifests import ImageMeta, Run, RunInfo, RunLayout, plan_resume, sample_key, verify_run, write_run_info
+
+
+def _write_big_shard(run_uri: str, shard: int, storage) -> None:
+    """A shard of ~12 MiB, so that it goes up as a multipart upload of 5 MiB parts."""
+    meta = ImageMeta(modality="rgb", camera="cam1", origin="synthetic", width=1, height=1)
+    with ShardWriter(run_uri, shard, run_id="big", storage=storage) as writer:
+        for index in range(6):
+            images = [SampleImage(f"{m}.png", os.urandom(MIB), meta) for m in ("rgb", "ir")]
+            writer.add(sample_key(shard, index), shard, images)
+        writer.commit()
+
+
+def test_shard_whose_upload_fails_part_way_is_not_committed_and_is_redone(bucket, s3_client):
+    run_uri = f"s3://{bucket}/run"
+    info = RunInfo.for_spec("big", {"shards": 3}, total_shards=3)
+    write_run_info(run_uri, info)
+    healthy = S3Storage(part_size=5 * MIB, max_attempts=2)
+    _write_big_shard(run_uri, 0, healthy)
+
+    faulty = S3Storage(part_size=5 * MIB, max_attempts=2)
+    inject_http_errors(faulty, "partNumber=2", [500] * 10)
+    with pytest.raises(StorageError):
+        _write_big_shard(run_uri, 1, faulty)
+    _write_big_shard(run_uri, 2, healthy)
+
+    layout = RunLayout(run_uri)
+    storage = storage_for(run_uri)
+    assert not storage.exists(layout.fragment_uri(1))
+    assert not storage.exists(layout.shard_uri(1))
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    report = verify_run(run_uri)
+    assert report.not_committed == [1] and report.problems == []
+    assert not report.ok() and report.ok(allow_incomplete=True)
+    result = run_cli("verify", run_uri)
+    assert result.returncode == 1
+    assert "not committed: 1 shards (000001)" in result.stderr
+    assert run_cli("verify", run_uri, "--allow-incomplete").returncode == 0
+
+    assert plan_resume(run_uri, 3, info.spec_fingerprint).todo == [1]
+    _write_big_shard(run_uri, 1, healthy)  # the resumed shard
+    assert plan_resume(run_uri, 3, info.spec_fingerprint).todo == []
+    assert verify_run(run_uri).ok()
+
+
+def _member_row(run_uri: str, member_suffix: str) -> dict:
+    table = Run(run_uri).table()
+    return table.filter(pc.ends_with(table["member"], member_suffix)).to_pylist()[0]
+
+
+def test_one_flipped_byte_in_an_image_names_shard_and_key(run_uri):
+    write_demo_run(run_uri, shards=3)
+    row = _member_row(run_uri, "id0000004_0001.ir.jpg")  # shard 2 holds identities 6..8; 4 is in shard 1
+    flip_byte(row["shard_uri"], row["offset"] + row["nbytes"] // 2)
+
+    result = run_cli("verify", run_uri)
+
+    assert result.returncode == 1
+    assert "shard 000001 key id0000004_0001 (id0000004_0001.ir.jpg): sha256 mismatch" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [str(p).split(":")[0] for p in verify_run(run_uri).problems] == [
+        "shard 000001 key id0000004_0001 (id0000004_0001.ir.jpg)"
+    ]
+
+
+def test_a_flipped_byte_in_metadata_or_a_header_is_caught_too(tmp_path):
+    run_uri = str(tmp_path / "run")
+    write_demo_run(run_uri, shards=2)
+    fragment = Run(run_uri).fragment(0)
+    json_member = next(m for m in fragment.info.other_members if m.name == "id0000001_0000.json")
+    flip_byte(RunLayout(run_uri).shard_uri(0), json_member.offset + 3)
+    flip_byte(RunLayout(run_uri).shard_uri(1), 100)  # inside the first tar header of shard 1
+
+    problems = [str(p) for p in verify_run(run_uri).problems]
+
+    assert any(p.startswith("shard 000000 key id0000001_0000 (id0000001_0000.json): sha256") for p in problems)
+    assert "shard 000001 key id0000003_0000 (id0000003_0000.rgb.jpg): in the manifest but not read" in "\n".join(problems)
+
+
+def test_orphan_tars_and_missing_tars_are_reported(tmp_path):
+    run_uri = str(tmp_path / "run")
+    write_demo_run(run_uri, shards=3)
+    layout = RunLayout(run_uri)
+    os.remove(layout.fragment_uri(0))  # a tar whose commit never happened
+    os.remove(layout.shard_uri(2))  # a committed shard whose data was lost
+
+    report = verify_run(run_uri)
+
+    assert report.orphan_tars == [0]
+    assert report.not_committed == [0]
+    assert [str(p) for p in report.problems] == ["shard 000002: manifest fragment present but its tar is missing"]
+    assert plan_resume(run_uri, 3, Run(run_uri).info.spec_fingerprint).todo == [0, 2]
