@@ -52,8 +52,8 @@ def read_run_info(run_uri: str, storage: Storage | None = None) -> RunInfo:
     storage = storage or storage_for(run_uri)
     try:
         raw = storage.get_bytes(layout.run_json)
-    except NotFound:
-        raise RunNotFound(f"no run at {layout.uri} (missing {layout.run_json})") from None
+    except NotFound as e:
+        raise RunNotFound(f"no run at {layout.uri} ({e})") from None
     try:
         return RunInfo.model_validate_json(raw)
     except ValidationError as e:
