@@ -59,13 +59,13 @@ def verify(
     the whole tar; lists shards not yet committed, orphan tars (no fragment) and
     fragments whose tar is missing. Exits 1 on any problem, naming shard and key.
     """
-    from manifests.reader import Run
     from manifests.verify import verify_run
 
-    total = len(Run(run).listing().committed)
     with _progress() as progress:
-        task = progress.add_task("verifying shards", total=total)
-        report = verify_run(run, workers=workers, on_shard=lambda _: progress.advance(task))
+        task = progress.add_task("verifying shards", total=None)
+        report = verify_run(
+            run, workers=workers, on_progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
 
     for problem in report.problems:
         err.print(str(problem), markup=False, highlight=False, soft_wrap=True)

@@ -132,9 +132,9 @@ def verify_run(
     *,
     storage: Storage | None = None,
     workers: int = DEFAULT_WORKERS,
-    on_shard: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Check a whole run; `on_shard(i)` is called as each shard finishes (for progress)."""
+    """Check a whole run; `on_progress(done, total)` follows the committed shards checked."""
     run = Run(run_uri, storage)
     listing = run.listing()
     total = run.info.total_shards
@@ -147,11 +147,12 @@ def verify_run(
         orphan_tars=listing.orphan_tars,
     )
     report.problems += [Problem(i, "manifest fragment present but its tar is missing") for i in listing.missing_tars]
+    total_committed = len(listing.committed)
     with ThreadPoolExecutor(workers) as pool:
-        for shard, result in zip(listing.committed, pool.map(lambda i: _check_shard(run, i), listing.committed)):
+        for done, result in enumerate(pool.map(lambda i: _check_shard(run, i), listing.committed), 1):
             report.problems += result.problems
             report.members_checked += result.members
             report.bytes_checked += result.nbytes
-            if on_shard:
-                on_shard(shard)
+            if on_progress:
+                on_progress(done, total_committed)
     return report
