@@ -262,20 +262,3 @@ def test_bad_arguments_are_refused():
         render(person, 0, Camera("x", "rgb", "top", 0), seed=0)
     with pytest.raises(ValueError):
         make_person(0, seed=0, outfits=1)
-
-
-def test_bench_reports_a_rate():
-    from factory.world.render import bench
-
-    assert bench(n=20) > 0
-
-
-def test_contact_sheet_writes_png(tmp_path):
-    out = tmp_path / "sheet.png"
-    assert contact_sheet.main(["--out", str(out), "--identities", "3", "--seed", "1"]) == 0
-    with Image.open(out) as img:
-        assert img.format == "PNG"
-        layout = contact_sheet.Layout(3, 2, contact_sheet.sheet_cameras())
-        assert img.size == layout.size
-        assert layout.columns == 12  # 2 outfits × (4 RGB + 2 IR cameras)
-        assert img.size == (40 + 12 * 68, 24 + 3 * (128 + 24 + 4))

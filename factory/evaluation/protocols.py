@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from factory.datasets.records import Record
 from factory.evaluation.metrics import (
     JunkRule,
     Metric,
@@ -58,6 +59,17 @@ class FeatureSet:
         lengths = {len(x) for x in (self.feats, self.pids, self.cams, self.clothes, self.paths) if x is not None}
         if len(lengths) != 1:
             raise ValueError(f"FeatureSet fields have different lengths: {sorted(lengths)}")
+
+    @classmethod
+    def from_records(cls, records: Sequence[Record], feats: np.ndarray) -> FeatureSet:
+        """Features of a dataset loader's records (same order), with their labels."""
+        return cls(
+            feats,
+            pids=[r.identity for r in records],
+            cams=[r.camera for r in records],
+            clothes=[r.clothes for r in records],
+            paths=[str(r.path) for r in records],
+        )
 
     def subset(self, idx: np.ndarray) -> FeatureSet:
         return FeatureSet(

@@ -5,18 +5,12 @@ numpy and PIL: `make_person(identity, seed)` gives an identity (body, skin, hair
 accessories, two or more outfits), and `render(person, outfit, camera, seed=...)` gives
 an RGB or IR image with its LIP parsing mask. Everything is deterministic.
 
-    python -m factory.world.render --bench
+    python -m factory.bench.world
     python -m factory.world.contact_sheet --out sheet.png --identities 6
 """
 
-import warnings
-
-# `python -m factory.world.render --bench` runs a module this package re-exports from;
-# runpy's warning about that double import is harmless here (nothing checks identity).
-warnings.filterwarnings("ignore", message=r".*'factory\.world\.\w+' found in sys\.modules", category=RuntimeWarning)
-
-from factory.world.people import LIP, PALETTE, Outfit, Person, colour_name, make_person  # noqa: E402
-from factory.world.render import SYSU_LIKE_CAMERAS, Camera, Rendered, render  # noqa: E402
+from factory.world.people import LIP, PALETTE, Outfit, Person, colour_name, make_person
+from factory.world.render import SYSU_LIKE_CAMERAS, Camera, Rendered, render
 
 __all__ = [
     "LIP",

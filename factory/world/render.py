@@ -25,15 +25,11 @@ How an image is made (all of it numpy and PIL, about a millisecond per 64×128 i
 Every random choice comes from one `numpy.random.Generator` seeded from the `seed`
 argument (mixed with the identity, outfit and camera so that reusing seeds across
 identities does not correlate their poses), so the same call gives the same bytes.
-
-    python -m factory.world.render --bench     # prints images/s at 64×128 on one core
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import time
 import zlib
 from dataclasses import dataclass
 
@@ -687,37 +683,3 @@ def render(person: Person, outfit: int, camera: Camera, *, seed: int, size: tupl
     img = (fg_sum * cast + bg * (1.0 - cov[..., None])) * bright
     img = img + rng.standard_normal((h, w, 3), np.float32) * scene.noise_rgb
     return Rendered(Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB"), mask, view)
-
-
-# --------------------------------------------------------------------------- bench
-
-
-def bench(n: int = 1000, size: tuple[int, int] = (64, 128)) -> float:
-    """Images per second rendering `n` images over 50 people and the SYSU-like cameras."""
-    from factory.world.people import make_person
-
-    people = [make_person(i, 0) for i in range(50)]
-    for cam in SYSU_LIKE_CAMERAS:  # warm the per-scene caches
-        render(people[0], 0, cam, seed=0, size=size)
-    t0 = time.perf_counter()
-    for k in range(n):
-        p = people[k % len(people)]
-        render(p, k % len(p.outfits), SYSU_LIKE_CAMERAS[k % len(SYSU_LIKE_CAMERAS)], seed=k, size=size)
-    return n / (time.perf_counter() - t0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m factory.world.render", description=__doc__.split("\n")[0])
-    parser.add_argument("--bench", action="store_true", help="print images/s at 64x128 on this (single) core")
-    parser.add_argument("-n", type=int, default=2000, help="images to render in the benchmark")
-    args = parser.parse_args(argv)
-    if not args.bench:
-        parser.print_help()
-        return 2
-    rate = bench(args.n)
-    print(f"{rate:.0f} images/s ({args.n} images, 64x128, RGB and IR, one process)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

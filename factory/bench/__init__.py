@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints its figures, run the same way every time (`python -m factory.bench.NAME`)."""
