@@ -16,8 +16,8 @@ import argparse
 import io
 import time
 
-from factory.shard_writer import SampleImage, ShardWriter
 from factory.seeds import derive_seed
+from factory.shard_writer import SampleImage, ShardWriter
 from factory.storage import Storage, storage_for
 from factory.world.layouts import SYSU_CAMERAS
 from factory.world.people import make_person

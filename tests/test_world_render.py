@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory.world import LIP, SYSU_LIKE_CAMERAS, Camera, Outfit, make_person, render
-from factory.world import contact_sheet
+from factory.world import LIP, SYSU_LIKE_CAMERAS, Camera, Outfit, contact_sheet, make_person, render
 from factory.world.people import PALETTE, colour_name
 
 RGB_CAM = Camera("cam1", "rgb", "front", 0)
@@ -262,3 +261,14 @@ def test_bad_arguments_are_refused():
         render(person, 0, Camera("x", "rgb", "top", 0), seed=0)
     with pytest.raises(ValueError):
         make_person(0, seed=0, outfits=1)
+
+
+def test_contact_sheet_writes_png(tmp_path):
+    out = tmp_path / "sheet.png"
+    assert contact_sheet.main(["--out", str(out), "--identities", "3", "--seed", "1"]) == 0
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+        layout = contact_sheet.Layout(3, 2, contact_sheet.sheet_cameras())
+        assert img.size == layout.size
+        assert layout.columns == 12  # 2 outfits × (4 RGB + 2 IR cameras)
+        assert img.size == (40 + 12 * 68, 24 + 3 * (128 + 24 + 4))
