@@ -9,9 +9,11 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from botocore.awsrequest import AWSResponse
 
 from factory.storage import storage_for
+from manifests.fragment import VERSION_KEY
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -39,6 +41,12 @@ def flip_byte(uri: str, offset: int) -> None:
     data = bytearray(storage.get_bytes(uri))
     data[offset] ^= 0xFF
     storage.put_bytes(bytes(data), uri)
+
+
+def set_schema_version(fragment_path: str, version: bytes) -> None:
+    """Rewrite a local fragment as if a newer (unknown) schema version had written it."""
+    table = pq.read_table(fragment_path)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, VERSION_KEY: version}), fragment_path)
 
 
 def inject_http_errors(storage, operation: str, statuses: list[int]) -> list[str]:

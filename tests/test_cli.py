@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import pytest
-from helpers import run_cli
+from helpers import run_cli, set_schema_version
 
 from factory.demo_run import write_demo_run
 from manifests import RunLayout
-from manifests.fragment import VERSION_KEY
 
 
 def _one_error_line(result) -> str:
@@ -42,8 +40,7 @@ def test_a_fragment_with_an_unknown_schema_version(tmp_path):
     run_uri = str(tmp_path / "run")
     write_demo_run(run_uri, shards=2)
     path = RunLayout(run_uri).fragment_uri(1)
-    table = pq.read_table(path)
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, VERSION_KEY: b"7"}), path)
+    set_schema_version(path, b"7")
 
     line = _one_error_line(run_cli("stats", run_uri))
     assert "000001.parquet: manifest schema version 7" in line

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
-from helpers import tar_members
+from helpers import set_schema_version, tar_members
 
 from factory.demo_run import write_demo_run, write_demo_shard
 from factory.shard_writer import SampleImage, ShardWriter
@@ -24,7 +23,6 @@ from manifests import (
     sample_key,
     write_run_info,
 )
-from manifests.fragment import VERSION_KEY
 
 META = ImageMeta(modality="rgb", camera="cam1", origin="real", width=4, height=8)
 
@@ -85,8 +83,7 @@ def test_fragment_with_unknown_schema_version_is_refused(tmp_path):
     run_uri = str(tmp_path / "run")
     write_demo_run(run_uri, shards=1)
     path = RunLayout(run_uri).fragment_uri(0)
-    table = pq.read_table(path)
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, VERSION_KEY: b"99"}), path)
+    set_schema_version(path, b"99")
     with pytest.raises(SchemaVersionError, match="schema version 99.*reads version 1"):
         Run(run_uri).table()
 
