@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from factory.errors import NotFound, StorageError
 from factory.storage import ObjectInfo
@@ -85,9 +86,11 @@ class S3Storage:
             raise StorageError(f"{uri}: S3 said {code}: {err.get('Message', '')}".rstrip(": ")) from None
         except NoCredentialsError:
             raise StorageError(f"{uri}: no AWS credentials found (environment, profile or role)") from None
-        except BotoCoreError as e:
+        except (BotoConnectionError, HTTPClientError) as e:
             # Connection refused, DNS, timeouts: only after botocore's retries ran out.
             raise StorageError(f"{uri}: cannot reach S3 at {self.client.meta.endpoint_url}: {e}") from None
+        except BotoCoreError as e:
+            raise StorageError(f"{uri}: {e}") from None
 
     def put_bytes(self, data: bytes, uri: str) -> None:
         bucket, key = split_uri(uri)
@@ -97,8 +100,8 @@ class S3Storage:
     def put_file(self, src: Path, uri: str) -> None:
         size = Path(src).stat().st_size
         if size <= self.part_size:
+            bucket, key = split_uri(uri)
             with open(src, "rb") as f, self._errors(uri):
-                bucket, key = split_uri(uri)
                 self.client.put_object(Bucket=bucket, Key=key, Body=f)
         else:
             self._multipart_upload(Path(src), uri)
