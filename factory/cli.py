@@ -15,8 +15,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from factory import __version__
 from factory.datasets import LOADERS
@@ -80,6 +81,58 @@ def world(
     seconds = time.perf_counter() - start
     print(f"wrote {count} images ({layout.value} layout, {identities} identities) to {out} in {seconds:.1f} s "
           f"({count / seconds:.0f} images/s)")
+
+
+@app.command()
+def generate(
+    spec: Path = typer.Argument(..., help="Generation spec (YAML); see jobs/specs/demo.yaml."),
+    out: str = typer.Option(None, "--out", help="Run URI, overriding the spec's output."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a run: make only its uncommitted shards."),
+    force: bool = typer.Option(False, "--force", help="With --resume: accept a spec that differs from the run's."),
+    address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
+    local: bool = typer.Option(False, "--local", help="Run in this process without Ray (one actor per modality)."),
+) -> None:
+    """Generate identity-consistent RGB-IR pairs on Ray into WebDataset shards + manifest.
+
+    Generator actors per modality hold the spec's pipelines and take tasks (one shard,
+    modality and camera each) from the driver's queue; each finished shard is stored,
+    then committed by its manifest fragment. Everything a spec can get wrong is checked
+    before the first image. Interrupted? Run the same command with --resume.
+    """
+    from factory.generate import generate as run_generate
+    from factory.specs import GenerateSpec, load_spec
+
+    parsed = load_spec(spec, GenerateSpec, output=out)
+    with _progress(images=True) as progress:
+        task = progress.add_task(f"generating {parsed.run_id}", total=None)
+        summary = run_generate(
+            parsed,
+            resume=resume,
+            force=force,
+            use_ray=not local,
+            address=address,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    rate = summary["generated_images_per_s"]
+    speed = f", {rate:.2f} images/s" if rate else ""
+    print(
+        f"{parsed.output}: {summary['shards_made']} of {summary['shards']} shards made, "
+        f"{summary['generated_images']} images generated in {summary['seconds']:.1f} s{speed}"
+    )
+
+
+@app.command()
+def preview(
+    run: str = typer.Argument(..., help=RUN_HELP),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    identities: int = typer.Option(8, min=1, help="Rows: one identity each."),
+    samples: int = typer.Option(4, min=1, help="Samples per identity (each shows RGB and IR)."),
+) -> None:
+    """Draw a contact sheet of a run's pairs (or variants) to look at."""
+    from factory.preview import preview as draw_preview
+
+    count = draw_preview(run, out, identities=identities, samples_per_identity=samples)
+    print(f"{out}: {count} images")
 
 
 @app.command()
@@ -150,11 +203,17 @@ def stats(
     out.print(table)
 
 
-def _progress() -> Progress:
+class _ImagesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} images/s" if task.speed else "")
+
+
+def _progress(images: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *([_ImagesPerSecond()] if images else []),
         TimeRemainingColumn(),
         console=err,
         transient=True,

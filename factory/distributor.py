@@ -1,0 +1,150 @@
+"""Where generation tasks run: Ray actor pools per modality, or this process.
+
+The driver keeps the queue; a pool leases each task to one idle actor and hands back
+outcomes. A lease ends when the actor answers, when it dies (Ray restarts it: the
+constructor runs again and the pipeline is reloaded) or when the task outlives its
+timeout (the actor is killed and restarted, REFERENCE.md §10's tail hangs). In every
+failure the task goes back to the queue; the driver bounds its attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from factory.generator_actor import ActorConfig, GeneratorActor
+from factory.specs import ResourcesSpec
+from factory.tasks import GenerationTask, TaskResult
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "reid-factory"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task: GenerationTask
+    result: TaskResult | None = None
+    error: str | None = None
+
+
+class Pool(Protocol):
+    def free_slots(self, modality: str) -> int: ...
+
+    def submit(self, task: GenerationTask) -> None: ...
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        """Outcomes of tasks that ended since the last call; blocks up to `timeout` for one."""
+
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """One actor per modality in this process, one task at a time: no Ray needed."""
+
+    def __init__(self, configs: dict[str, ActorConfig]) -> None:
+        self.actors = {modality: GeneratorActor(config) for modality, config in configs.items()}
+        self.pending: list[GenerationTask] = []
+
+    def free_slots(self, modality: str) -> int:
+        return 0 if self.pending else 1
+
+    def submit(self, task: GenerationTask) -> None:
+        self.pending.append(task)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if not self.pending:
+            time.sleep(min(timeout, 0.02))  # nothing to run: the driver waits on shard commits
+        outcomes = []
+        while self.pending:
+            task = self.pending.pop()
+            try:
+                outcomes.append(Outcome(task, result=self.actors[task.modality].process(task)))
+            except Exception as e:  # noqa: BLE001 - reported as the task's failure and retried
+                log.warning("task %s failed: %s", task.task_id, e)
+                outcomes.append(Outcome(task, error=f"{type(e).__name__}: {e}"))
+        return outcomes
+
+    def close(self) -> None:
+        self.actors.clear()
+
+
+@dataclass
+class _Lease:
+    task: GenerationTask
+    actor: int
+    started: float
+
+
+class RayPool:
+    """`counts[modality]` Ray actors per modality; each holds one lease at a time."""
+
+    def __init__(
+        self, configs: dict[str, ActorConfig], counts: dict[str, int], resources: ResourcesSpec, run_id: str
+    ) -> None:
+        import ray
+
+        self._ray = ray
+        remote = ray.remote(GeneratorActor)
+        self.timeout_s = resources.task_timeout_s
+        self.actors: dict[str, list] = {}
+        for modality, config in configs.items():
+            self.actors[modality] = [
+                remote.options(
+                    name=f"generate-{run_id}-{modality}-{i}",
+                    namespace=NAMESPACE,
+                    num_cpus=resources.cpus_per_actor,
+                    num_gpus=resources.gpus_per_actor,
+                    max_restarts=-1,  # restarted after a crash; the driver bounds each task's attempts
+                    max_task_retries=0,  # a lost call comes back to the driver, which re-queues it
+                ).remote(config)
+                for i in range(counts[modality])
+            ]
+        self.idle = {modality: deque(range(len(actors))) for modality, actors in self.actors.items()}
+        self.leases: dict = {}  # ObjectRef -> _Lease
+
+    def free_slots(self, modality: str) -> int:
+        return len(self.idle[modality])
+
+    def submit(self, task: GenerationTask) -> None:
+        actor = self.idle[task.modality].popleft()
+        ref = self.actors[task.modality][actor].process.remote(task)
+        self.leases[ref] = _Lease(task, actor, time.monotonic())
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        ray = self._ray
+        if not self.leases:
+            time.sleep(min(timeout, 0.02))
+            return []
+        ready, _ = ray.wait(list(self.leases), num_returns=1, timeout=timeout)
+        if ready:  # collect whatever else has finished too
+            ready, _ = ray.wait(list(self.leases), num_returns=len(self.leases), timeout=0)
+        outcomes = []
+        for ref in ready:
+            lease = self.leases.pop(ref)
+            self.idle[lease.task.modality].append(lease.actor)
+            try:
+                outcomes.append(Outcome(lease.task, result=ray.get(ref)))
+            except ray.exceptions.RayActorError as e:
+                outcomes.append(Outcome(lease.task, error=f"actor died ({type(e).__name__})"))
+            except ray.exceptions.RayTaskError as e:
+                outcomes.append(Outcome(lease.task, error=str(e.cause if e.cause else e).splitlines()[0]))
+        self._kill_overdue()
+        return outcomes
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for lease in self.leases.values():
+            if now - lease.started > self.timeout_s:
+                log.warning("task %s exceeded %.0f s; restarting its actor", lease.task.task_id, self.timeout_s)
+                self._ray.kill(self.actors[lease.task.modality][lease.actor], no_restart=False)
+                lease.started = now  # its call now fails with RayActorError and is re-queued
+
+    def close(self) -> None:
+        for actors in self.actors.values():
+            for actor in actors:
+                self._ray.kill(actor, no_restart=True)
+        self.actors.clear()

@@ -1,0 +1,29 @@
+"""Model references, presets, identity banks and the text-to-image wrapper.
+
+Names are resolved lazily, so that `from factory.models import ModelRef` in spec parsing
+does not pay for importing torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ModelRef": "reference",
+    "PRESET_VERSION": "presets",
+    "build_preset": "presets",
+    "preset_path": "presets",
+    "build_clip_tokenizer": "tokenizer",
+    "IdentityBank": "bank",
+    "IDENTITY": "pipeline",
+    "SCHEDULERS": "pipeline",
+    "TextToImage": "pipeline",
+    "random_identity_vector": "pipeline",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -1,0 +1,112 @@
+"""What the engine plans: identities, shards, generation tasks and their results.
+
+A shard holds whole identities; for each (identity, index) the run makes one sample,
+an RGB and an IR image. A generation task is all images of one shard for one
+(modality, camera): the unit an actor takes from the queue, batches and returns. Its
+content is a pure function of the spec, so a re-queued or resumed task makes the
+same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from factory.seeds import derive_seed
+from manifests.schema import SourceIdentity
+
+
+@dataclass(frozen=True)
+class Identity:
+    identity: int
+    source: SourceIdentity | None
+    # Learned vectors (from the bank of each modality's model), or, when there are none,
+    # the seed a new vector is drawn from inside the actor, at the model's embedding scale.
+    vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    vector_seed: int | None = None
+    real_rgb: tuple[tuple[Path, str], ...] = ()  # (path, camera) when the RGB side is real
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to generate."""
+
+    identity: int
+    index: int
+    seed: int
+    vector: np.ndarray | None
+    vector_seed: int | None
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    task_id: str
+    shard: int
+    modality: str
+    camera: str
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """An image encoded inside the actor: only bytes travel through Ray's object store."""
+
+    identity: int
+    index: int
+    modality: str
+    camera: str
+    seed: int | None
+    prompt: str | None
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: str
+    shard: int
+    images: tuple[GeneratedImage, ...]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    shard: int
+    identities: tuple[Identity, ...]
+
+
+def image_seed(run_seed: int, identity: int, modality: str, camera: str, index: int) -> int:
+    """DESIGN.md §4: every image's seed derives from (run seed, identity, modality, camera, index)."""
+    return derive_seed(run_seed, identity, modality, camera, index)
+
+
+def camera_for(cameras: list[str], index: int) -> str:
+    return cameras[index % len(cameras)]
+
+
+def plan_shards(identities: list[Identity], identities_per_shard: int) -> list[ShardPlan]:
+    ordered = sorted(identities, key=lambda i: i.identity)
+    return [
+        ShardPlan(n, tuple(ordered[start : start + identities_per_shard]))
+        for n, start in enumerate(range(0, len(ordered), identities_per_shard))
+    ]
+
+
+def shard_tasks(
+    plan: ShardPlan, modality: str, cameras: list[str], images_per_identity: int, run_seed: int
+) -> list[GenerationTask]:
+    """The generation tasks of one shard for one modality, one per camera, in a fixed order."""
+    by_camera: dict[str, list[Item]] = {camera: [] for camera in cameras}
+    for who in plan.identities:
+        for index in range(images_per_identity):
+            camera = camera_for(cameras, index)
+            seed = image_seed(run_seed, who.identity, modality, camera, index)
+            by_camera[camera].append(Item(who.identity, index, seed, who.vectors.get(modality), who.vector_seed))
+    return [
+        GenerationTask(f"{plan.shard:06d}-{modality}-{camera}", plan.shard, modality, camera, tuple(items))
+        for camera, items in by_camera.items()
+        if items
+    ]
