@@ -33,8 +33,11 @@ class LocalStorage:
     def _atomic_write(self, uri: str, fill) -> None:
         # temp file in the same folder + fsync + rename: the name appears only when complete.
         dest = to_path(uri)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
+        except OSError as e:
+            raise StorageError(f"{uri}: cannot write there ({e.strerror or e})") from None
         try:
             with os.fdopen(fd, "wb") as out:
                 fill(out)
