@@ -31,7 +31,7 @@ usage: deploy/local_cluster.sh {start|stop|status|submit-command} [options]
   submit-command   print the \`ray job submit\` command for jobs/specs/demo.yaml
 
 options (or the environment variable in brackets):
-  --port P             GCS port of the head          [RAY_LOCAL_PORT, $PORT]
+  --port P             GCS port of the head (P+1: Ray Client) [RAY_LOCAL_PORT, $PORT]
   --dashboard-port D   dashboard / job server port   [RAY_LOCAL_DASHBOARD_PORT, $DASHBOARD_PORT]
   --head-cpus N        logical CPUs of the head      [RAY_LOCAL_HEAD_CPUS, $HEAD_CPUS]
   --worker-cpus M      logical CPUs of the worker    [RAY_LOCAL_WORKER_CPUS, $WORKER_CPUS]
@@ -140,12 +140,13 @@ case "$cmd" in
         # Job entrypoints run in the directory `ray start` ran in: the repository.
         cd "$REPO"
         # Each node's agents take free ports (0) instead of Ray's fixed defaults (52365,
-        # 10001, ...), so two nodes, or another Ray on this machine, do not collide.
+        # ...), and the head's Ray Client server PORT+1 instead of 10001, so that the
+        # two nodes, or another Ray on this machine, do not collide.
         agent_ports=(--dashboard-agent-listen-port 0 --dashboard-agent-grpc-port 0
                      --metrics-export-port 0 --runtime-env-agent-port 0)
         start_node head ray start --head --node-ip-address 127.0.0.1 --port "$PORT" \
             --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
-            --ray-client-server-port 0 "${agent_ports[@]}" \
+            --ray-client-server-port "$((PORT + 1))" "${agent_ports[@]}" \
             --num-cpus "$HEAD_CPUS" --num-gpus 0 --object-store-memory "$OBJECT_STORE_BYTES" \
             --temp-dir "$DIR/head" --disable-usage-stats
         # The second node on the same machine, with a temp dir of its own.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from enum import Enum
@@ -99,6 +100,7 @@ def generate(
     then committed by its manifest fragment. Everything a spec can get wrong is checked
     before the first image. Interrupted? Run the same command with --resume.
     """
+    _quiet_model_libraries()
     from factory.generate import generate as run_generate
     from factory.specs import GenerateSpec, load_spec
 
@@ -201,6 +203,13 @@ def stats(
             text = json.dumps(value, default=str) if isinstance(value, dict) else str(value)
             table.add_row(name, text)
     out.print(table)
+
+
+def _quiet_model_libraries() -> None:
+    """Keep transformers' and diffusers' import notes and loading bars out of the progress display."""
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(name, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 class _ImagesPerSecond(ProgressColumn):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import run_cli, set_schema_version
 
-from factory.demo_run import write_demo_run
+from world_run import write_demo_run
 from manifests import RunLayout
 
 

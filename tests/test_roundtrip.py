@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 from helpers import run_cli, tar_members
 
-from factory.demo_run import write_demo_run
+from world_run import write_demo_run
 from factory.storage import storage_for
 from manifests import Run, run_stats, verify_run
 from manifests.keys import split_member

@@ -1,0 +1,69 @@
+"""Bad input to `factory generate`: one clear line, exit 2, and not a single image made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import run_cli
+from test_generate import write_spec
+
+from factory.models.bank import IdentityBank
+from manifests import RunInfo, write_run_info
+
+
+def _fails_before_any_image(result, out: Path | str, expected: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not Path(str(out), "shards").exists()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))
+
+
+def test_missing_model_path(tmp_path, cache):
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "s.yaml", str(out), model={"path": str(tmp_path / "no-model")})
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, f"model path {tmp_path}/no-model does not exist")
+
+
+def test_unknown_scheduler(tmp_path, cache):
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "s.yaml", str(out), sampler={"scheduler": "plms"})
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "s.yaml: sampler.scheduler: Input should be")
+
+
+def test_identity_missing_from_the_bank(tmp_path, cache):
+    bank = tmp_path / "bank.safetensors"
+    IdentityBank.from_vectors([1, 2], np.ones((2, 32), np.float32)).save(bank)
+    out = tmp_path / "run"
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        str(out),
+        model={"preset": "tiny", "bank": str(bank)},
+        identities={"source": "bank", "ids": [1, 5]},
+    )
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "identity 5 is not in bank")
+
+
+@pytest.mark.parametrize("where", ["file", "bucket"])
+def test_output_that_cannot_be_written(tmp_path, cache, s3_env, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = str(blocker / "run") if where == "file" else "s3://no-such-bucket/run"
+    spec = write_spec(tmp_path / "s.yaml", out)
+    expected = "run.json: Not a directory" if where == "file" else "bucket 'no-such-bucket' does not exist"
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, expected)
+
+
+def test_resume_with_another_spec(tmp_path, cache):
+    out = tmp_path / "run"
+    write_run_info(str(out), RunInfo.for_spec("test", {"a different": "spec"}, total_shards=3))
+    spec = write_spec(tmp_path / "s.yaml", str(out))
+    _fails_before_any_image(run_cli("generate", str(spec), "--local", "--resume"), out, "was started from another spec")
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "add --resume, or choose a new output")
