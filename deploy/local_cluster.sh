@@ -7,7 +7,7 @@
 # Ray resolves 127.0.0.1 to this machine's own address for its internal node records,
 # and its GCS and raylets listen on every interface whatever the flags; the dashboard
 # and job server listen on 127.0.0.1 only. So the cluster uses Ray's token
-# authentication (Ray >= 2.5x; older versions ignore it) with a token of its own in
+# authentication (recent Ray; older versions ignore the variables) with a token of its own in
 # DIR/auth_token, which clients name with RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=...
 set -euo pipefail
 
@@ -31,11 +31,11 @@ usage: deploy/local_cluster.sh {start|stop|status|submit-command} [options]
   submit-command   print the \`ray job submit\` command for jobs/specs/demo.yaml
 
 options (or the environment variable in brackets):
-  --port P             GCS port of the head (P+1: Ray Client) [RAY_LOCAL_PORT, $PORT]
-  --dashboard-port D   dashboard / job server port   [RAY_LOCAL_DASHBOARD_PORT, $DASHBOARD_PORT]
-  --head-cpus N        logical CPUs of the head      [RAY_LOCAL_HEAD_CPUS, $HEAD_CPUS]
-  --worker-cpus M      logical CPUs of the worker    [RAY_LOCAL_WORKER_CPUS, $WORKER_CPUS]
-  --dir DIR            temp dirs and pid files       [RAY_LOCAL_DIR, $DIR]
+  --port P             head's GCS port; P+1 its Ray Client  [RAY_LOCAL_PORT, $PORT]
+  --dashboard-port D   dashboard and job server port        [RAY_LOCAL_DASHBOARD_PORT, $DASHBOARD_PORT]
+  --head-cpus N        logical CPUs of the head             [RAY_LOCAL_HEAD_CPUS, $HEAD_CPUS]
+  --worker-cpus M      logical CPUs of the worker           [RAY_LOCAL_WORKER_CPUS, $WORKER_CPUS]
+  --dir DIR            temp dirs, logs, pid files, token    [RAY_LOCAL_DIR, $DIR]
 
 Needs \`ray\` on PATH (the venv with \`pip install -e .\`). The head gets no GPU, as on
 Kubernetes; the worker takes whatever GPUs Ray detects. Clients (\`ray job submit\`,

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from factory.errors import FactoryError
 from factory.generator_actor import ActorConfig, GeneratorActor
 from factory.specs import ResourcesSpec
 from factory.tasks import GenerationTask, TaskResult
@@ -103,8 +104,17 @@ class RayPool:
                 ).remote(config)
                 for i in range(counts[modality])
             ]
-        self.idle = {modality: deque(range(len(actors))) for modality, actors in self.actors.items()}
-        self.leases: dict = {}  # ObjectRef -> _Lease
+        # An actor takes tasks only once its pipeline is loaded (again, after a restart), so a
+        # task's timeout measures its own work, not a model load or a wait for a node.
+        self.idle: dict[str, deque[int]] = {modality: deque() for modality in self.actors}
+        self.loading: dict = {}  # ObjectRef of ready() -> (modality, actor)
+        self.leases: dict = {}  # ObjectRef of process() -> _Lease
+        for modality, actors in self.actors.items():
+            for i in range(len(actors)):
+                self._load(modality, i)
+
+    def _load(self, modality: str, actor: int) -> None:
+        self.loading[self.actors[modality][actor].ready.remote()] = (modality, actor)
 
     def free_slots(self, modality: str) -> int:
         return len(self.idle[modality])
@@ -116,24 +126,40 @@ class RayPool:
 
     def wait(self, timeout: float) -> list[Outcome]:
         ray = self._ray
-        if not self.leases:
-            time.sleep(min(timeout, 0.02))
-            return []
-        ready, _ = ray.wait(list(self.leases), num_returns=1, timeout=timeout)
+        pending = [*self.leases, *self.loading]
+        ready, _ = ray.wait(pending, num_returns=1, timeout=timeout)
         if ready:  # collect whatever else has finished too
-            ready, _ = ray.wait(list(self.leases), num_returns=len(self.leases), timeout=0)
+            ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
         outcomes = []
         for ref in ready:
+            if ref in self.loading:
+                self._loaded(ref)
+                continue
             lease = self.leases.pop(ref)
-            self.idle[lease.task.modality].append(lease.actor)
             try:
                 outcomes.append(Outcome(lease.task, result=ray.get(ref)))
+                self.idle[lease.task.modality].append(lease.actor)
             except ray.exceptions.RayActorError as e:
                 outcomes.append(Outcome(lease.task, error=f"actor died ({type(e).__name__})"))
+                self._load(lease.task.modality, lease.actor)  # Ray restarts it; use it once loaded
             except ray.exceptions.RayTaskError as e:
                 outcomes.append(Outcome(lease.task, error=str(e.cause if e.cause else e).splitlines()[0]))
+                self.idle[lease.task.modality].append(lease.actor)
         self._kill_overdue()
         return outcomes
+
+    def _loaded(self, ref) -> None:
+        modality, actor = self.loading.pop(ref)
+        try:
+            self._ray.get(ref)
+        except self._ray.exceptions.RayActorError:
+            self._load(modality, actor)  # died while loading: try again on the restarted actor
+            return
+        except self._ray.exceptions.RayTaskError as e:
+            # Loading is deterministic: a model that failed to load once will fail again.
+            cause = str(e.cause if e.cause else e).splitlines()[0]
+            raise FactoryError(f"{modality} generator could not load its model: {cause}") from None
+        self.idle[modality].append(actor)
 
     def _kill_overdue(self) -> None:
         now = time.monotonic()

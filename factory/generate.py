@@ -142,7 +142,7 @@ def generate(
 
 def _tasks(spec: GenerateSpec, plan: ShardPlan, modality: str) -> list[GenerationTask]:
     side = spec.side(modality)
-    return shard_tasks(plan, modality, side.cameras, spec.images_per_identity, spec.seed)
+    return shard_tasks(plan, modality, side.cameras, spec.images_per_identity, spec.seed, spec.images_per_task)
 
 
 def _run_shards(

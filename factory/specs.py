@@ -95,6 +95,9 @@ class GenerateSpec(Strict):
     identities: IdentitySpec
     images_per_identity: int = Field(4, ge=1)
     identities_per_shard: int = Field(16, ge=1)
+    images_per_task: int = Field(
+        64, ge=1, description="a task's images (one modality and camera); a multiple of sampler.batch_size keeps batches full"
+    )
     prompt: str = "a {camera} photo of a {identity} person"
     rgb: ModalitySpec = ModalitySpec(cameras=["cam1", "cam2", "cam4", "cam5"])
     ir: ModalitySpec = ModalitySpec(cameras=["cam3", "cam6"])

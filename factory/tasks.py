@@ -96,9 +96,13 @@ def plan_shards(identities: list[Identity], identities_per_shard: int) -> list[S
 
 
 def shard_tasks(
-    plan: ShardPlan, modality: str, cameras: list[str], images_per_identity: int, run_seed: int
+    plan: ShardPlan, modality: str, cameras: list[str], images_per_identity: int, run_seed: int, images_per_task: int
 ) -> list[GenerationTask]:
-    """The generation tasks of one shard for one modality, one per camera, in a fixed order."""
+    """The generation tasks of one shard for one modality: per camera, chunks of `images_per_task`.
+
+    Chunks bound what a dead actor loses and let a shard's work spread over actors;
+    their order and content are fixed, so batches are the same on every run.
+    """
     by_camera: dict[str, list[Item]] = {camera: [] for camera in cameras}
     for who in plan.identities:
         for index in range(images_per_identity):
@@ -106,7 +110,13 @@ def shard_tasks(
             seed = image_seed(run_seed, who.identity, modality, camera, index)
             by_camera[camera].append(Item(who.identity, index, seed, who.vectors.get(modality), who.vector_seed))
     return [
-        GenerationTask(f"{plan.shard:06d}-{modality}-{camera}", plan.shard, modality, camera, tuple(items))
+        GenerationTask(
+            f"{plan.shard:06d}-{modality}-{camera}-{start // images_per_task:04d}",
+            plan.shard,
+            modality,
+            camera,
+            tuple(items[start : start + images_per_task]),
+        )
         for camera, items in by_camera.items()
-        if items
+        for start in range(0, len(items), images_per_task)
     ]
