@@ -90,7 +90,12 @@ def generate(
     out: str = typer.Option(None, "--out", help="Run URI, overriding the spec's output."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run: make only its uncommitted shards."),
     force: bool = typer.Option(False, "--force", help="With --resume: accept a spec that differs from the run's."),
-    address: str = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="Ray cluster address. Default: RAY_ADDRESS, else a cluster `ray start` left running here, "
+        "else a new local Ray; 'local' always starts a new one.",
+    ),
     local: bool = typer.Option(False, "--local", help="Run in this process without Ray (one actor per modality)."),
 ) -> None:
     """Generate identity-consistent RGB-IR pairs on Ray into WebDataset shards + manifest.

@@ -13,7 +13,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import yaml
+from helpers import run_cli
+from PIL import Image
 
+from factory.datasets import load_dataset
 from factory.distributor import NAMESPACE
 from factory.generate import generate
 from factory.specs import GenerateSpec
@@ -70,7 +73,8 @@ def model_cache(tmp_path_factory):
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+    # "local": a Ray of the tests' own, never a cluster someone started on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -112,7 +116,7 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, t
     out = str(tmp_path / "run")
     spec = write_spec(tmp_path / "spec.yaml", out, run_id="killed")
     driver = subprocess.Popen(
-        [str(Path(sys.executable).with_name("factory")), "generate", str(spec)],
+        [str(Path(sys.executable).with_name("factory")), "generate", str(spec), "--address", "local"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the kill takes its local Ray along
@@ -120,7 +124,7 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, t
     fragments = Path(out) / "manifest"
     deadline = time.monotonic() + 240
     while not (fragments.is_dir() and any(fragments.iterdir())):
-        assert driver.poll() is None, "the driver ended before it could be killed"
+        assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed"
         assert time.monotonic() < deadline, "no shard committed in time"
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
@@ -168,3 +172,36 @@ def test_output_to_s3_end_to_end(ray_session, reference_run, bucket):
     generate(make_spec(out, run_id="s3"))
     assert verify_run(out).ok()
     assert member_digests(out) == member_digests(reference_run)
+
+
+def test_real_rgb_paired_with_generated_ir(tmp_path):
+    """DiVE's use: identities that only have RGB get generated IR beside their real images."""
+    world = "world://market?identities=6&seed=2"
+    out = str(tmp_path / "run")
+    spec = make_spec(
+        out,
+        run_id="real-rgb",
+        identities={"source": "dataset", "dataset": world, "split": "train"},
+        rgb={"source": "real"},
+        identities_per_shard=3,
+    )
+    generate(spec, use_ray=False)
+
+    table = Run(out).table()
+    rgb = table.filter(pc.equal(table["modality"], "rgb")).to_pylist()
+    ir = table.filter(pc.equal(table["modality"], "ir")).to_pylist()
+    assert {r["origin"] for r in rgb} == {"real"} and {r["origin"] for r in ir} == {"synthetic"}
+    assert {r["model"] for r in rgb} == {None} and {r["source_identity"]["dataset"] for r in ir} == {"market"}
+    real = {r.path.read_bytes() for r in load_dataset(world)["train"]}
+    run = Run(out)
+    for row in rgb:  # the real image's own bytes, untouched
+        assert run.storage.get_range(row["shard_uri"], row["offset"], row["nbytes"]) in real
+    assert verify_run(out).ok()
+
+
+def test_preview_draws_the_pairs(reference_run, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("preview", reference_run, "--out", str(sheet), "--identities", "3", "--samples", "2")
+    assert result.returncode == 0, result.stderr
+    with Image.open(sheet) as image:
+        assert image.size == (4 * 64, 3 * (128 + 12))  # 2 samples x (RGB, IR) per identity row
