@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from helpers import run_cli, set_schema_version
-
 from world_run import write_demo_run
+
 from manifests import RunLayout
 
 

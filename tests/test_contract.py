@@ -7,8 +7,8 @@ import sys
 
 import pytest
 from helpers import set_schema_version, tar_members
-
 from world_run import write_demo_run, write_demo_shard
+
 from factory.shard_writer import SampleImage, ShardWriter
 from manifests import (
     SCHEMA,

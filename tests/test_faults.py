@@ -7,8 +7,8 @@ import os
 import pyarrow.compute as pc
 import pytest
 from helpers import flip_byte, inject_http_errors, run_cli
-
 from world_run import write_demo_run
+
 from factory.errors import StorageError
 from factory.shard_writer import SampleImage, ShardWriter
 from factory.storage import storage_for

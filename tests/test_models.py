@@ -82,9 +82,8 @@ def test_sd15_architecture_without_weights(tmp_path):
         unet = UNet2DConditionModel(**configs["unet"])
         vae = AutoencoderKL(**configs["vae"])
         text = CLIPTextModel(CLIPTextConfig(**configs["text"]))
-    count = lambda m: sum(p.numel() for p in m.parameters())
-    assert round(count(unet) / 1e6, 1) == 859.5
-    assert round(count(vae) / 1e6, 1) == 83.7
+    assert round(_parameters(unet) / 1e6, 1) == 859.5
+    assert round(_parameters(vae) / 1e6, 1) == 83.7
     assert text.config.hidden_size == 768 and text.config.num_hidden_layers == 12
     assert text.get_input_embeddings().weight.shape[0] == text.config.vocab_size
     assert next(unet.parameters()).is_meta
@@ -289,3 +288,7 @@ def test_lora_is_loaded_fused_and_changes_the_image(tmp_path, cache, model, vect
 
     base = pixels(model.generate([PROMPT], vectors[:1], [0], **SMALL))[0]
     assert not np.array_equal(base, pixels(tuned.generate([PROMPT], vectors[:1], [0], **SMALL))[0])
+
+
+def _parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -9,8 +9,8 @@ import pyarrow.compute as pc
 import pytest
 import webdataset as wds
 from helpers import run_cli, tar_members
-
 from world_run import write_demo_run
+
 from factory.storage import storage_for
 from manifests import Run, run_stats, verify_run
 from manifests.keys import split_member
