@@ -129,6 +129,34 @@ def generate(
 
 
 @app.command()
+def finetune(
+    spec: Path = typer.Argument(..., help="Fine-tuning spec (YAML); see jobs/specs/finetune-demo.yaml."),
+    out: str = typer.Option(None, "--out", help="Output folder, overriding the spec's output."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint, exactly."),
+) -> None:
+    """DiVE fine-tuning: UNet LoRA + one learned token per identity, camera codes in the captions.
+
+    Writes checkpoints every `checkpoint_every` steps and, at the end, OUT/model/ with
+    lora.safetensors, bank.safetensors, camera_codes.json and model.json: name them
+    in a generation spec's model (path or preset, lora, bank, camera_codes).
+    """
+    _quiet_model_libraries()
+    from factory.finetune.run import finetune as run_finetune
+    from factory.specs import FinetuneSpec, load_spec
+
+    parsed = load_spec(spec, FinetuneSpec, output=out)
+    with _progress() as progress:
+        task = progress.add_task("fine-tuning", total=parsed.steps)
+
+        def step(part: str, done: int, total: int, loss: float) -> None:
+            progress.update(task, completed=done, total=total, description=f"fine-tuning {part} loss {loss:.4f}")
+
+        exported = run_finetune(parsed, resume=resume, on_step=step)
+    for part, folder in exported.items():
+        print(f"{part or 'model'}: {folder} (lora.safetensors, bank.safetensors, camera_codes.json)")
+
+
+@app.command()
 def preview(
     run: str = typer.Argument(..., help=RUN_HELP),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),

@@ -154,3 +154,47 @@ def load_spec(path: str | Path, model: type[SpecT], **overrides: Any) -> SpecT:
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise FactoryError(f"{path}: {where}: {first['msg']}{more}") from None
+
+
+class DatasetSourceSpec(Strict):
+    """One dataset split to fine-tune on (see `factory.finetune.trainset.DatasetSource`)."""
+
+    dataset: str = Field(description="a folder (with layout) or a world:// URI")
+    layout: str | None = None
+    split: str = "train"
+    name: str | None = Field(None, description="name recorded in the bank's sources (default: the layout's)")
+    single_camera: str | None = Field(None, description="DiVE: all of Market-1501 is one camera, 'cam7'")
+
+
+class FinetuneSpec(Strict):
+    """DiVE fine-tuning (REFERENCE.md §2.2): UNet LoRA + identity tokens, camera codes in the captions."""
+
+    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    output: str = Field(description="local folder for checkpoints and the exported model")
+    seed: int = 42
+    base: ModelRef = Field(description="the model to fine-tune: a preset or a diffusers folder (no LoRA/bank)")
+    datasets: list[DatasetSourceSpec] = Field(min_length=1)
+    exclude: list[DatasetSourceSpec] = Field(
+        default_factory=list, description="splits whose identities must not be trained on (e.g. test)"
+    )
+    mode: Literal["joint", "separate"] = Field("joint", description="separate: one LoRA and bank per modality")
+    first_id: int = Field(0, ge=0, description="identities are renumbered from here")
+    token_init: str = Field("person", description="word whose embedding initialises every identity row (D5)")
+    p_identity_caption: float = Field(0.5, ge=0, le=1)
+    width: int = Field(256, ge=8, multiple_of=8)
+    height: int = Field(512, ge=8, multiple_of=8)
+    lora_rank: int = Field(128, ge=1)
+    lora_alpha: float | None = Field(None, description="default: the rank (scale 1)")
+    lora_targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    learning_rate: float = Field(5e-5, gt=0, description="LoRA")
+    ti_learning_rate: float = Field(5e-5, gt=0, description="identity token rows")
+    weight_decay: float = Field(1e-2, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="clipped on the LoRA parameters only, as DiVE")
+    batch_size: int = Field(16, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    steps: int = Field(400_000, ge=1, description="optimizer steps")
+    checkpoint_every: int = Field(40_000, ge=1)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+
+    def content(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"output", "checkpoint_every"})

@@ -2,9 +2,12 @@
 
 The format is fixed here and read by generation: a `.safetensors` file with one float32
 tensor "vectors" [N, D] and string metadata "identities" (JSON list of ints, the identity
-of each row), "tokens" (JSON list of the token strings used in training) and "sources"
-(JSON list of [dataset, pid] or null, where each identity came from). safetensors rather
-than pickle, so that loading a bank from elsewhere cannot run code.
+of each row), "tokens" (JSON list of the token strings used in training), "sources"
+(JSON list of [dataset, pid] or null, where each identity came from) and, optionally,
+"provenance" (JSON list of objects or null: how each vector was made, e.g.
+{"method": "finetune"} or {"method": "gaussian", "nearest": 12, "distance": 3.1, ...}).
+Banks written before "provenance" existed load with None for every row. safetensors
+rather than pickle, so that loading a bank from elsewhere cannot run code.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from safetensors.numpy import save_file
 from factory.errors import FactoryError
 
 Source = tuple[str, int] | None
+Provenance = dict[str, object] | None
 
 
 def _ranges(ids: Sequence[int], limit: int = 5) -> str:
@@ -44,12 +48,14 @@ class IdentityBank:
         tokens: list[str],
         sources: list[Source],
         name: str = "<in memory>",
+        provenance: list[Provenance] | None = None,
     ):
         self.identities = identities
         self.vectors = vectors
         self.tokens = tokens
         self.sources = sources
         self.name = name
+        self.provenance = provenance if provenance is not None else [None] * len(identities)
         self._row = {identity: row for row, identity in enumerate(identities)}
         self._by_source = {source: row for row, source in enumerate(sources) if source is not None}
 
@@ -68,8 +74,9 @@ class IdentityBank:
         tokens: Sequence[str] | None = None,
         sources: Sequence[Source] | None = None,
         name: str = "<in memory>",
+        provenance: Sequence[Provenance] | None = None,
     ) -> IdentityBank:
-        """Validate and wrap; tokens default to DiVE's `<class_{identity}>`."""
+        """Validate and wrap; tokens default to DiVE's `<class_{identity}>`, provenance to None."""
         identities = [int(i) for i in identities]
         vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
         tokens = list(tokens) if tokens is not None else [f"<class_{i}>" for i in identities]
@@ -78,6 +85,7 @@ class IdentityBank:
             if sources is not None
             else [None] * len(identities)
         )
+        provenance = [None if p is None else dict(p) for p in provenance] if provenance is not None else None
         if vectors.ndim != 2 or vectors.shape[0] != len(identities):
             raise FactoryError(
                 f"identity bank {name}: vectors have shape {vectors.shape}, expected [{len(identities)}, dim]"
@@ -86,6 +94,12 @@ class IdentityBank:
             raise FactoryError(
                 f"identity bank {name}: {len(identities)} identities but {len(tokens)} tokens and {len(sources)} sources"
             )
+        if provenance is not None and len(provenance) != len(identities):
+            raise FactoryError(
+                f"identity bank {name}: {len(identities)} identities but {len(provenance)} provenance entries"
+            )
+        if provenance is not None and not all(p is None or isinstance(p.get("method"), str) for p in provenance):
+            raise FactoryError(f'identity bank {name}: every provenance entry needs a "method"')
         if len(set(identities)) != len(identities):
             raise FactoryError(f"identity bank {name}: an identity appears more than once")
         known = [s for s in sources if s is not None]
@@ -93,7 +107,7 @@ class IdentityBank:
             raise FactoryError(f"identity bank {name}: a (dataset, pid) source appears more than once")
         if not np.isfinite(vectors).all():
             raise FactoryError(f"identity bank {name}: vectors contain NaN or infinity")
-        return cls(identities, vectors, tokens, sources, name)
+        return cls(identities, vectors, tokens, sources, name, provenance)
 
     @classmethod
     def load(cls, path: str | Path) -> IdentityBank:
@@ -105,6 +119,8 @@ class IdentityBank:
                 meta = f.metadata() or {}
                 vectors = f.get_tensor("vectors")
             fields = {key: json.loads(meta[key]) for key in ("identities", "tokens", "sources")}
+            if "provenance" in meta:  # absent from banks written before it existed
+                fields["provenance"] = json.loads(meta["provenance"])
             return cls.from_vectors(vectors=vectors, name=str(path), **fields)
         except (SafetensorError, OSError, KeyError, ValueError, TypeError, IndexError) as e:
             raise FactoryError(f"identity bank {path} is not a valid bank file ({type(e).__name__}: {e})") from None
@@ -114,6 +130,7 @@ class IdentityBank:
             "identities": json.dumps(self.identities),
             "tokens": json.dumps(self.tokens),
             "sources": json.dumps([None if s is None else list(s) for s in self.sources]),
+            "provenance": json.dumps(self.provenance),
         }
         save_file({"vectors": self.vectors}, str(path), metadata=meta)
 

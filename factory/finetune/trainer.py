@@ -1,0 +1,246 @@
+"""DiVE's fine-tuning loop: UNet LoRA + textual-inversion rows, trained jointly (REFERENCE.md §2.2).
+
+What trains: the LoRA on the UNet's attention projections (peft) and the embedding rows
+of the new identity tokens; everything else is frozen, and pre-existing embedding rows
+are restored after every step (AdamW's decoupled weight decay would otherwise touch
+them). One AdamW over two parameter groups, constant learning rates, gradients of the
+LoRA clipped. Objective: DDPM epsilon-prediction MSE.
+
+Determinism and exact resume: the samples, flips, captions, timesteps and noise of
+optimizer step s are derived from (seed, s), never from a running random state, so a
+checkpoint needs only the weights, the optimizer state and s. A run resumed from a
+checkpoint makes the same steps as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import cast_training_params
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from factory.errors import FactoryError
+from factory.finetune.captions import caption, identity_token
+from factory.finetune.images import load_training_image
+from factory.finetune.trainset import TrainSet
+from factory.models.presets import preset_path
+from factory.models.reference import resolve_model_path
+from factory.seeds import derive_seed
+from factory.specs import FinetuneSpec
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LOSSES = "losses.jsonl"
+
+
+def base_folder(spec: FinetuneSpec) -> Path:
+    """The base model's diffusers folder, or a one-line error."""
+    folder = preset_path(spec.base.preset) if spec.base.preset else resolve_model_path(spec.base.path)
+    if not (folder / "model_index.json").is_file():
+        raise FactoryError(f"base model {folder} is not a diffusers folder (no model_index.json)")
+    if spec.base.lora or spec.base.bank:
+        raise FactoryError("base: fine-tune from plain weights (no lora or bank); embed mode extends a bank")
+    return folder
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: float
+
+
+class Trainer:
+    """Holds the models, optimizer and training set of one fine-tune; `train()` runs it to the end."""
+
+    def __init__(self, spec: FinetuneSpec, trainset: TrainSet, codes: dict[str, str], out: Path) -> None:
+        self.spec, self.trainset, self.codes, self.out = spec, trainset, codes, out
+        cuda = torch.cuda.is_available()
+        precision = spec.mixed_precision if spec.mixed_precision != "auto" else ("bf16" if cuda else "no")
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        folder = base_folder(spec)
+
+        def part(cls, name):
+            return cls.from_pretrained(folder, subfolder=name, local_files_only=True)
+
+        self.tokenizer: CLIPTokenizer = part(CLIPTokenizer, "tokenizer")
+        self.text_encoder: CLIPTextModel = part(CLIPTextModel, "text_encoder")
+        self.vae: AutoencoderKL = part(AutoencoderKL, "vae")
+        self.unet: UNet2DConditionModel = part(UNet2DConditionModel, "unet")
+        self.noise_scheduler: DDPMScheduler = part(DDPMScheduler, "scheduler")
+
+        self.identities = trainset.identities()
+        self.token_ids = self._add_identity_tokens()
+        for model in (self.vae, self.unet, self.text_encoder):
+            model.requires_grad_(False)
+        self.embeddings = self.text_encoder.get_input_embeddings().weight
+        self.embeddings.requires_grad_(True)
+        self.frozen_rows = self.embeddings.detach().clone()
+        self.unet.add_adapter(
+            LoraConfig(
+                r=spec.lora_rank,
+                lora_alpha=spec.lora_alpha or spec.lora_rank,
+                init_lora_weights="gaussian",
+                target_modules=spec.lora_targets,
+            )
+        )
+        device = self.accelerator.device
+        self.vae.to(device, dtype=weight_dtype)
+        self.unet.to(device, dtype=weight_dtype)
+        self.text_encoder.to(device)
+        cast_training_params(self.unet, dtype=torch.float32)  # LoRA weights train in fp32
+        self.lora_params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": self.lora_params, "lr": spec.learning_rate},
+                {"params": [self.embeddings], "lr": spec.ti_learning_rate},
+            ],
+            betas=(0.9, 0.999),
+            weight_decay=spec.weight_decay,
+            eps=1e-8,
+        )
+        self.unet, self.text_encoder, self.optimizer = self.accelerator.prepare(
+            self.unet, self.text_encoder, self.optimizer
+        )
+        self.weight_dtype = weight_dtype
+        self.step = 0
+
+    def _add_identity_tokens(self) -> list[int]:
+        tokens = [identity_token(i) for i in self.identities]
+        clash = [t for t in tokens if t in self.tokenizer.get_vocab()]
+        if clash:
+            raise FactoryError(f"the base tokenizer already has {clash[0]}: fine-tune from plain weights")
+        init = self.tokenizer.encode(self.spec.token_init, add_special_tokens=False)
+        if len(init) != 1:
+            raise FactoryError(f"token_init {self.spec.token_init!r} is {len(init)} tokens; pick a one-token word")
+        self.tokenizer.add_tokens(tokens)
+        self.text_encoder.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        rows = self.text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            rows[ids] = rows[init[0]].clone()  # D5: an explicit, configurable initialiser
+        return ids
+
+    # ---- data, derived per step ------------------------------------------------------
+
+    @lru_cache(maxsize=4)
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(derive_seed(self.spec.seed, "epoch", epoch)).permutation(len(self.trainset.images))
+
+    def _batch(self, step: int, micro: int) -> tuple[torch.Tensor, list[str]]:
+        spec, accelerator = self.spec, self.accelerator
+        per_step = spec.batch_size * accelerator.num_processes
+        first = ((step * spec.gradient_accumulation + micro) * per_step) + accelerator.process_index * spec.batch_size
+        pixels, captions = [], []
+        for position in range(first, first + spec.batch_size):
+            image = self.trainset.images[self._epoch_order(position // len(self.trainset.images))[position % len(self.trainset.images)]]
+            rng = random.Random(derive_seed(spec.seed, "sample", position))
+            pixels.append(load_training_image(image.path, spec.width, spec.height, flip=rng.random() < 0.5))
+            token = identity_token(image.identity)
+            captions.append(caption(self.codes[image.camera], token, rng, spec.p_identity_caption))
+        return torch.stack(pixels), captions
+
+    def _loss(self, pixels: torch.Tensor, captions: list[str], generator: torch.Generator) -> torch.Tensor:
+        device = self.accelerator.device
+        with torch.no_grad():
+            latents = self.vae.encode(pixels.to(device, self.weight_dtype)).latent_dist.sample(generator=generator)
+            latents = latents * self.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
+        ).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        ids = self.tokenizer(
+            captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
+        hidden = self.text_encoder(ids)[0].to(self.weight_dtype)
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        return F.mse_loss(prediction.float(), noise.float())
+
+    def train_step(self) -> StepResult:
+        step, spec = self.step, self.spec
+        total = 0.0
+        for micro in range(spec.gradient_accumulation):
+            generator = torch.Generator().manual_seed(derive_seed(spec.seed, "noise", step, micro, self.accelerator.process_index))
+            pixels, captions = self._batch(step, micro)
+            loss = self._loss(pixels, captions, generator) / spec.gradient_accumulation
+            self.accelerator.backward(loss)
+            total += loss.item()
+        self.accelerator.clip_grad_norm_(self.lora_params, spec.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # only the new identity rows may move
+            keep = torch.ones(self.embeddings.shape[0], dtype=torch.bool)
+            keep[self.token_ids] = False
+            self.embeddings[keep] = self.frozen_rows[keep].to(self.embeddings.dtype)
+        self.step += 1
+        return StepResult(self.step, total)
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def identity_rows(self) -> torch.Tensor:
+        return self.embeddings.detach()[self.token_ids].float().cpu()
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        unet = self.accelerator.unwrap_model(self.unet)
+        return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+
+    def save_checkpoint(self, fingerprint: str) -> Path:
+        """checkpoints/step-NNNNNNNN/, made in a temp folder and renamed into place."""
+        root = self.out / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+        save_file(self.lora_state(), staging / "lora.safetensors")
+        save_file({"rows": self.identity_rows().contiguous()}, staging / "identity_rows.safetensors")
+        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({"step": self.step, "spec_fingerprint": fingerprint}))
+        final = root / f"step-{self.step:08d}"
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        return final
+
+    def load_checkpoint(self, folder: Path, fingerprint: str) -> None:
+        state = json.loads((folder / "state.json").read_text())
+        if state["spec_fingerprint"] != fingerprint:
+            raise FactoryError(f"{folder} was made from another spec; fine-tune into a new --out")
+        unet = self.accelerator.unwrap_model(self.unet)
+        set_peft_model_state_dict(unet, load_file(folder / "lora.safetensors"))
+        with torch.no_grad():
+            rows = load_file(folder / "identity_rows.safetensors")["rows"]
+            self.embeddings[self.token_ids] = rows.to(self.embeddings.device, self.embeddings.dtype)
+        # weights_only: the optimizer state is tensors and numbers; nothing is unpickled.
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.step = state["step"]
+
+    def export_lora(self, path: Path) -> None:
+        unet = self.accelerator.unwrap_model(self.unet)
+        config = unet.peft_config["default"]
+        StableDiffusionPipeline.save_lora_weights(
+            path.parent,
+            unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+            weight_name=path.name,
+            unet_lora_adapter_metadata=config.to_dict(),
+        )
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    folders = sorted((out / CHECKPOINTS).glob("step-*")) if (out / CHECKPOINTS).is_dir() else []
+    return folders[-1] if folders else None
