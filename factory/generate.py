@@ -17,6 +17,7 @@ was never interrupted.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from factory.errors import FactoryError
 from factory.generator_actor import ActorConfig
 from factory.identities import resolve_identities
 from factory.models.presets import preset_path
-from factory.models.reference import ModelRef
+from factory.models.reference import ModelRef, existing_file
 from factory.pair_writer import write_pair_shard
 from factory.specs import MODALITIES, GenerateSpec
 from factory.storage import storage_for
@@ -58,10 +59,23 @@ def _check_models(spec: GenerateSpec) -> dict[str, str]:
         if spec.side(modality).source != "generate":
             continue
         ref: ModelRef = spec.model_for(modality)
+        _check_cameras(ref, modality, spec.side(modality).cameras)
         if ref.preset:
             preset_path(ref.preset)  # pre-staged once here, not raced for by every actor
         fingerprints[modality] = ref.fingerprint()
     return fingerprints
+
+
+def _check_cameras(ref: ModelRef, modality: str, cameras: list[str]) -> None:
+    """A fine-tuned model knows its cameras by their codes; another name would prompt nonsense."""
+    if ref.camera_codes is None:
+        return
+    codes = json.loads(existing_file(ref.camera_codes, "camera codes").read_text())
+    for camera in cameras:
+        if camera not in codes:
+            raise FactoryError(
+                f"{modality}.cameras: {camera!r} is not a camera of {ref.camera_codes} (it knows {', '.join(sorted(codes))})"
+            )
 
 
 def _start_run(spec: GenerateSpec, fingerprints: dict[str, str], total: int, resume: bool, force: bool) -> list[int]:

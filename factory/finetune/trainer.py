@@ -94,17 +94,19 @@ class Trainer:
         self.embeddings = self.text_encoder.get_input_embeddings().weight
         self.embeddings.requires_grad_(True)
         self.frozen_rows = self.embeddings.detach().clone()
-        self.unet.add_adapter(
-            LoraConfig(
-                r=spec.lora_rank,
-                lora_alpha=spec.lora_alpha or spec.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=spec.lora_targets,
+        with torch.random.fork_rng(devices=[]):  # peft draws the LoRA's initial A from the global RNG
+            torch.manual_seed(derive_seed(spec.seed, "lora-init"))
+            self.unet.add_adapter(
+                LoraConfig(
+                    r=spec.lora_rank,
+                    lora_alpha=spec.lora_alpha or spec.lora_rank,
+                    init_lora_weights="gaussian",
+                    target_modules=spec.lora_targets,
+                )
             )
-        )
         device = self.accelerator.device
-        self.vae.to(device, dtype=weight_dtype)
-        self.unet.to(device, dtype=weight_dtype)
+        for frozen in (self.vae, self.unet):  # frozen weights in the mixed-precision dtype
+            frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, dtype=weight_dtype)
         self.text_encoder.to(device)
         cast_training_params(self.unet, dtype=torch.float32)  # LoRA weights train in fp32
         self.lora_params = [p for p in self.unet.parameters() if p.requires_grad]
