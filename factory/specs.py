@@ -166,6 +166,25 @@ class DatasetSourceSpec(Strict):
     single_camera: str | None = Field(None, description="DiVE: all of Market-1501 is one camera, 'cam7'")
 
 
+class EmbedSpec(Strict):
+    """Embed mode: learn tokens for identities the fine-tune never saw, against the frozen fine-tuned model."""
+
+    images: str = Field(description="a folder with one subfolder of images per new identity")
+    camera: str = Field(description="the camera key (in the base's camera codes) the images were taken with")
+    modality: Literal["rgb", "ir"] = "rgb"
+    name: str = Field("embedded", description="dataset name recorded as the new identities' source")
+    first_id: int | None = Field(None, ge=0, description="default: after the bank's largest identity")
+
+
+class NewIdentitiesSpec(Strict):
+    """Sample identities nobody has: vectors at least `min_distance` from every real one (and each other)."""
+
+    count: int = Field(ge=1)
+    method: Literal["gaussian", "interpolate"] = "gaussian"
+    min_distance: float = Field(gt=0)
+    first_id: int | None = Field(None, ge=0, description="default: after the bank's largest identity")
+
+
 class FinetuneSpec(Strict):
     """DiVE fine-tuning (REFERENCE.md §2.2): UNet LoRA + identity tokens, camera codes in the captions."""
 
@@ -173,11 +192,15 @@ class FinetuneSpec(Strict):
     output: str = Field(description="local folder for checkpoints and the exported model")
     seed: int = 42
     base: ModelRef = Field(description="the model to fine-tune: a preset or a diffusers folder (no LoRA/bank)")
-    datasets: list[DatasetSourceSpec] = Field(min_length=1)
+    datasets: list[DatasetSourceSpec] = Field(default_factory=list)
     exclude: list[DatasetSourceSpec] = Field(
         default_factory=list, description="splits whose identities must not be trained on (e.g. test)"
     )
-    mode: Literal["joint", "separate"] = Field("joint", description="separate: one LoRA and bank per modality")
+    mode: Literal["joint", "separate", "embed"] = Field(
+        "joint", description="separate: one LoRA and bank per modality; embed: tokens only, for `embed`"
+    )
+    embed: EmbedSpec | None = None
+    new_identities: NewIdentitiesSpec | None = Field(None, description="appended to the exported bank")
     first_id: int = Field(0, ge=0, description="identities are renumbered from here")
     token_init: str = Field("person", description="word whose embedding initialises every identity row (D5)")
     p_identity_caption: float = Field(0.5, ge=0, le=1)
@@ -195,6 +218,15 @@ class FinetuneSpec(Strict):
     steps: int = Field(400_000, ge=1, description="optimizer steps")
     checkpoint_every: int = Field(40_000, ge=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> FinetuneSpec:
+        if self.mode == "embed":
+            if self.embed is None or not (self.base.bank and self.base.camera_codes):
+                raise ValueError("embed mode needs embed: {images, camera} and a base with bank and camera_codes")
+        elif not self.datasets:
+            raise ValueError(f"{self.mode} mode needs datasets to train on")
+        return self
 
     def content(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"output", "checkpoint_every"})

@@ -18,6 +18,7 @@ import yaml
 from helpers import run_cli
 from safetensors.torch import load_file
 
+from factory.datasets import load_dataset
 from factory.errors import FactoryError
 from factory.finetune.captions import camera_codes
 from factory.finetune.run import _source, finetune
@@ -183,3 +184,55 @@ def test_a_camera_the_model_does_not_know_is_refused_before_any_image(finished, 
     with pytest.raises(FactoryError, match="ir.cameras: 'cam9' is not a camera of"):
         generate(spec, use_ray=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_separate_mode_gives_one_model_per_modality(tmp_path):
+    out = tmp_path / "ft"
+    exported = finetune(make_spec(out, mode="separate", steps=3, checkpoint_every=3))
+    assert set(exported) == {"rgb", "ir"}
+    banks = {m: IdentityBank.load(out / m / "model" / "bank.safetensors") for m in exported}
+    codes = {m: json.loads((out / m / "model" / "camera_codes.json").read_text()) for m in exported}
+    assert set(codes["ir"]) == {"sysu:cam3", "sysu:cam6"}
+    assert "market:cam7" in codes["rgb"] and not {"sysu:cam3", "sysu:cam6"} & set(codes["rgb"])
+    market = {i for i, s in zip(banks["rgb"].identities, banks["rgb"].sources) if s[0] == "market"}
+    assert market and not market & set(banks["ir"].identities)  # RGB-only people get no IR token
+    loras = [load_file(out / m / "model" / "lora.safetensors") for m in ("rgb", "ir")]
+    assert any(not torch.equal(loras[0][k], loras[1][k]) for k in loras[0])
+
+
+def test_embed_mode_appends_identities_the_fine_tune_never_saw(finished, tmp_path):
+    unseen = load_dataset("world://market?identities=6&seed=9")["gallery"]
+    root = tmp_path / "new-people"
+    for record in unseen:
+        if record.identity > 0:  # pid 0 marks distractors
+            (root / str(record.identity)).mkdir(parents=True, exist_ok=True)
+            (root / str(record.identity) / record.path.name).write_bytes(record.path.read_bytes())
+    model = finished / "model"
+    base = {"preset": "tiny", "lora": str(model / "lora.safetensors"), "bank": str(model / "bank.safetensors"),
+            "camera_codes": str(model / "camera_codes.json")}
+    out = tmp_path / "embed"
+    spec = make_spec(out, mode="embed", datasets=[], exclude=[], base=base, steps=4, checkpoint_every=4,
+                     embed={"images": str(root), "camera": "market:cam7"})
+
+    finetune(spec)
+
+    before, after = IdentityBank.load(model / "bank.safetensors"), IdentityBank.load(out / "model" / "bank.safetensors")
+    old = len(before.identities)
+    assert after.identities[:old] == before.identities and np.array_equal(after.vectors[:old], before.vectors)
+    added = len(list(root.iterdir()))
+    assert len(after.identities) == old + added and min(after.identities[old:]) > max(before.identities)
+    assert {p["method"] for p in after.provenance[old:]} == {"embed"}
+    assert {s[0] for s in after.sources[old:]} == {"embedded"}
+    assert not (out / "model" / "lora.safetensors").exists()  # the LoRA stayed frozen: only tokens were learned
+
+
+def test_sampled_new_identities_keep_their_distance(tmp_path):
+    out = tmp_path / "ft"
+    finetune(make_spec(out, new_identities={"count": 3, "method": "gaussian", "min_distance": 0.01}))
+    bank = IdentityBank.load(out / "model" / "bank.safetensors")
+    methods = [p["method"] for p in bank.provenance]
+    assert methods.count("gaussian") == 3 and methods.count("finetune") == len(methods) - 3
+    vectors = bank.vectors
+    for row in (i for i, m in enumerate(methods) if m == "gaussian"):
+        others = np.delete(vectors, row, axis=0)
+        assert np.linalg.norm(others - vectors[row], axis=1).min() >= 0.01

@@ -19,18 +19,32 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from factory.datasets.records import image_files
 from factory.errors import FactoryError
 from factory.finetune.captions import camera_codes, identity_token
+from factory.finetune.new_identities import append_new_identities, sample_new_identities
 from factory.finetune.trainer import LOSSES, Trainer, latest_checkpoint
-from factory.finetune.trainset import DatasetSource, TrainSet, build_trainset
+from factory.finetune.trainset import DatasetSource, TrainImage, TrainSet, build_trainset
 from factory.models.bank import IdentityBank
+from factory.seeds import derive_seed
 from factory.specs import FinetuneSpec
 from manifests.run_info import spec_fingerprint
 
 OnStep = Callable[[str, int, int, float], None]  # (part, step, steps, loss)
+
+
+def concat_banks(first: IdentityBank, second: IdentityBank) -> IdentityBank:
+    return IdentityBank.from_vectors(
+        first.identities + second.identities,
+        np.concatenate([first.vectors, second.vectors]),
+        tokens=first.tokens + second.tokens,
+        sources=first.sources + second.sources,
+        provenance=first.provenance + second.provenance,
+    )
 
 
 def _source(spec) -> DatasetSource:
@@ -38,8 +52,8 @@ def _source(spec) -> DatasetSource:
 
 
 def _parts(spec: FinetuneSpec, trainset: TrainSet) -> dict[str, TrainSet]:
-    """joint: one part; separate: one per modality, trained only on that modality's images."""
-    if spec.mode == "joint":
+    """joint and embed: one part; separate: one per modality, trained only on that modality's images."""
+    if spec.mode != "separate":
         return {"": trainset}
     parts = {}
     for modality in ("rgb", "ir"):
@@ -63,13 +77,46 @@ def _truncate_losses(path: Path, step: int) -> None:
         path.write_text("".join(f"{line}\n" for line in lines))
 
 
+def _embed_trainset(spec: FinetuneSpec, base_bank: IdentityBank) -> TrainSet:
+    """One new identity per subfolder of `embed.images` (a numeric folder name is kept as its pid)."""
+    embed = spec.embed
+    root = Path(embed.images)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        raise FactoryError(f"embed.images {root}: no identity subfolders")
+    first = embed.first_id if embed.first_id is not None else max(base_bank.identities, default=-1) + 1
+    images, sources = [], {}
+    for offset, folder in enumerate(folders):
+        identity = first + offset
+        files = image_files(folder)
+        if not files:
+            raise FactoryError(f"embed.images: identity folder {folder} has no images")
+        sources[identity] = (embed.name, int(folder.name) if folder.name.isdigit() else offset)
+        images += [TrainImage(path, identity, embed.camera, embed.modality) for path in files]
+    clash = set(sources) & set(base_bank.identities)
+    if clash:
+        raise FactoryError(f"embed.first_id: identities {sorted(clash)[:5]} are already in the bank")
+    return TrainSet(images=images, sources=sources, cameras={embed.camera: embed.modality})
+
+
+def _training(spec: FinetuneSpec) -> tuple[TrainSet, dict[str, str], IdentityBank | None]:
+    """The training set, the camera codes its captions use, and (embed mode) the bank it extends."""
+    if spec.mode != "embed":
+        trainset = build_trainset(
+            [_source(s) for s in spec.datasets], first_id=spec.first_id, exclude=[_source(s) for s in spec.exclude]
+        )
+        return trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), None
+    bank = IdentityBank.load(spec.base.bank)
+    codes = json.loads(Path(spec.base.camera_codes).read_text())
+    if spec.embed.camera not in codes:
+        raise FactoryError(f"embed.camera {spec.embed.camera!r} is not in {spec.base.camera_codes} ({', '.join(sorted(codes))})")
+    return _embed_trainset(spec, bank), codes, bank
+
+
 def finetune(spec: FinetuneSpec, *, resume: bool = False, on_step: OnStep | None = None) -> dict[str, Path]:
     """Fine-tune (or finish fine-tuning) every part; returns part -> exported model folder."""
     out = Path(spec.output)
-    trainset = build_trainset(
-        [_source(s) for s in spec.datasets], first_id=spec.first_id, exclude=[_source(s) for s in spec.exclude]
-    )
-    codes = camera_codes(sorted(trainset.cameras), seed=spec.seed)
+    trainset, codes, base_bank = _training(spec)
     fingerprint = spec_fingerprint(spec.content())
     exported = {}
     for part, subset in _parts(spec, trainset).items():
@@ -94,31 +141,60 @@ def finetune(spec: FinetuneSpec, *, resume: bool = False, on_step: OnStep | None
                     on_step(part or "joint", result.step, spec.steps, result.loss)
                 if result.step % spec.checkpoint_every == 0 or result.step == spec.steps:
                     trainer.save_checkpoint(fingerprint)
-        exported[part] = export(trainer, subset, codes, target / "model", spec, fingerprint)
+        exported[part] = export(trainer, subset, codes, target / "model", spec, fingerprint, base_bank)
     return exported
 
 
-def export(trainer: Trainer, trainset: TrainSet, codes: dict[str, str], folder: Path, spec: FinetuneSpec, fingerprint: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    trainer.export_lora(folder / "lora.safetensors")
+def _bank(trainer: Trainer, trainset: TrainSet, spec: FinetuneSpec, base_bank: IdentityBank | None) -> IdentityBank:
+    """The trained identities (appended to the base's bank in embed mode), then any sampled new ones."""
     identities = trainer.identities
-    sources = [trainset.sources[i] for i in identities]
-    bank = IdentityBank.from_vectors(
-        identities, trainer.identity_rows().numpy(), tokens=[identity_token(i) for i in identities], sources=sources
+    trained = IdentityBank.from_vectors(
+        identities,
+        trainer.identity_rows().numpy(),
+        tokens=[identity_token(i) for i in identities],
+        sources=[trainset.sources[i] for i in identities],
+        provenance=[{"method": spec.mode if spec.mode == "embed" else "finetune"}] * len(identities),
     )
+    bank = trained if base_bank is None else concat_banks(base_bank, trained)
+    wanted = spec.new_identities
+    if wanted is None:
+        return bank
+    new = sample_new_identities(
+        bank, wanted.count, method=wanted.method, min_distance=wanted.min_distance, seed=derive_seed(spec.seed, "new")
+    )
+    first = wanted.first_id if wanted.first_id is not None else max(bank.identities) + 1
+    return append_new_identities(bank, new, first)
+
+
+def export(
+    trainer: Trainer,
+    trainset: TrainSet,
+    codes: dict[str, str],
+    folder: Path,
+    spec: FinetuneSpec,
+    fingerprint: str,
+    base_bank: IdentityBank | None = None,
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if trainer.train_lora:
+        trainer.export_lora(folder / "lora.safetensors")
+    bank = _bank(trainer, trainset, spec, base_bank)
     bank.save(folder / "bank.safetensors")
+    sources = [s or (None, None) for s in bank.sources]
     pq.write_table(
         pa.table(
             {
-                "token": [identity_token(i) for i in identities],
-                "identity": identities,
+                "token": bank.tokens,
+                "identity": bank.identities,
                 "dataset": [s[0] for s in sources],
                 "pid": [s[1] for s in sources],
+                "made_by": [json.dumps(p) if p else None for p in bank.provenance],
             }
         ),
         folder / "bank.parquet",
     )
-    used = {c: codes[c] for c in sorted(trainset.cameras)}
+    # Embed mode keeps the base's codes whole: its bank is used with the base's LoRA and cameras.
+    used = dict(sorted(codes.items())) if spec.mode == "embed" else {c: codes[c] for c in sorted(trainset.cameras)}
     (folder / "camera_codes.json").write_text(json.dumps(used, indent=2, sort_keys=True))
     trainset.write_mapping(folder / "mapping.parquet")
     losses = [json.loads(line)["loss"] for line in (folder.parent / LOSSES).read_text().splitlines()]
@@ -131,7 +207,7 @@ def export(trainer: Trainer, trainset: TrainSet, codes: dict[str, str], folder: 
                 "spec_fingerprint": fingerprint,
                 "steps": trainer.step,
                 "final_loss": losses[-1] if losses else None,
-                "cameras": {c: trainset.cameras[c] for c in used},
+                "cameras": dict(sorted(trainset.cameras.items())),
             },
             indent=2,
             sort_keys=True,

@@ -56,9 +56,19 @@ def base_folder(spec: FinetuneSpec) -> Path:
     folder = preset_path(spec.base.preset) if spec.base.preset else resolve_model_path(spec.base.path)
     if not (folder / "model_index.json").is_file():
         raise FactoryError(f"base model {folder} is not a diffusers folder (no model_index.json)")
-    if spec.base.lora or spec.base.bank:
+    if spec.mode != "embed" and (spec.base.lora or spec.base.bank):
         raise FactoryError("base: fine-tune from plain weights (no lora or bank); embed mode extends a bank")
     return folder
+
+
+def _fused_unet(folder: Path, lora: str) -> UNet2DConditionModel:
+    """The base UNet with a fine-tune's LoRA fused in: the frozen model embed mode trains against."""
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
+    lora_file = Path(lora)
+    pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, local_files_only=True)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    return pipe.unet
 
 
 @dataclass
@@ -68,7 +78,11 @@ class StepResult:
 
 
 class Trainer:
-    """Holds the models, optimizer and training set of one fine-tune; `train()` runs it to the end."""
+    """Holds the models, optimizer and training set of one fine-tune, stepped by `train_step()`.
+
+    In embed mode there is no new LoRA: the base's LoRA is fused into the frozen UNet and
+    only the new identities' rows train (textual inversion).
+    """
 
     def __init__(self, spec: FinetuneSpec, trainset: TrainSet, codes: dict[str, str], out: Path) -> None:
         self.spec, self.trainset, self.codes, self.out = spec, trainset, codes, out
@@ -84,7 +98,11 @@ class Trainer:
         self.tokenizer: CLIPTokenizer = part(CLIPTokenizer, "tokenizer")
         self.text_encoder: CLIPTextModel = part(CLIPTextModel, "text_encoder")
         self.vae: AutoencoderKL = part(AutoencoderKL, "vae")
-        self.unet: UNet2DConditionModel = part(UNet2DConditionModel, "unet")
+        self.train_lora = spec.mode != "embed"
+        if spec.base.lora and not self.train_lora:
+            self.unet: UNet2DConditionModel = _fused_unet(folder, spec.base.lora)
+        else:
+            self.unet = part(UNet2DConditionModel, "unet")
         self.noise_scheduler: DDPMScheduler = part(DDPMScheduler, "scheduler")
 
         self.identities = trainset.identities()
@@ -94,27 +112,28 @@ class Trainer:
         self.embeddings = self.text_encoder.get_input_embeddings().weight
         self.embeddings.requires_grad_(True)
         self.frozen_rows = self.embeddings.detach().clone()
-        with torch.random.fork_rng(devices=[]):  # peft draws the LoRA's initial A from the global RNG
-            torch.manual_seed(derive_seed(spec.seed, "lora-init"))
-            self.unet.add_adapter(
-                LoraConfig(
-                    r=spec.lora_rank,
-                    lora_alpha=spec.lora_alpha or spec.lora_rank,
-                    init_lora_weights="gaussian",
-                    target_modules=spec.lora_targets,
+        if self.train_lora:
+            with torch.random.fork_rng(devices=[]):  # peft draws the LoRA's initial A from the global RNG
+                torch.manual_seed(derive_seed(spec.seed, "lora-init"))
+                self.unet.add_adapter(
+                    LoraConfig(
+                        r=spec.lora_rank,
+                        lora_alpha=spec.lora_alpha or spec.lora_rank,
+                        init_lora_weights="gaussian",
+                        target_modules=spec.lora_targets,
+                    )
                 )
-            )
         device = self.accelerator.device
         for frozen in (self.vae, self.unet):  # frozen weights in the mixed-precision dtype
             frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, dtype=weight_dtype)
         self.text_encoder.to(device)
         cast_training_params(self.unet, dtype=torch.float32)  # LoRA weights train in fp32
         self.lora_params = [p for p in self.unet.parameters() if p.requires_grad]
+        groups = [{"params": [self.embeddings], "lr": spec.ti_learning_rate}]
+        if self.lora_params:
+            groups.insert(0, {"params": self.lora_params, "lr": spec.learning_rate})
         self.optimizer = torch.optim.AdamW(
-            [
-                {"params": self.lora_params, "lr": spec.learning_rate},
-                {"params": [self.embeddings], "lr": spec.ti_learning_rate},
-            ],
+            groups,
             betas=(0.9, 0.999),
             weight_decay=spec.weight_decay,
             eps=1e-8,
@@ -186,7 +205,8 @@ class Trainer:
             loss = self._loss(pixels, captions, generator) / spec.gradient_accumulation
             self.accelerator.backward(loss)
             total += loss.item()
-        self.accelerator.clip_grad_norm_(self.lora_params, spec.max_grad_norm)
+        if self.lora_params:
+            self.accelerator.clip_grad_norm_(self.lora_params, spec.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # only the new identity rows may move
@@ -202,6 +222,8 @@ class Trainer:
         return self.embeddings.detach()[self.token_ids].float().cpu()
 
     def lora_state(self) -> dict[str, torch.Tensor]:
+        if not self.train_lora:
+            return {}
         unet = self.accelerator.unwrap_model(self.unet)
         return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
 
@@ -223,8 +245,9 @@ class Trainer:
         state = json.loads((folder / "state.json").read_text())
         if state["spec_fingerprint"] != fingerprint:
             raise FactoryError(f"{folder} was made from another spec; fine-tune into a new --out")
-        unet = self.accelerator.unwrap_model(self.unet)
-        set_peft_model_state_dict(unet, load_file(folder / "lora.safetensors"))
+        if self.train_lora:
+            unet = self.accelerator.unwrap_model(self.unet)
+            set_peft_model_state_dict(unet, load_file(folder / "lora.safetensors"))
         with torch.no_grad():
             rows = load_file(folder / "identity_rows.safetensors")["rows"]
             self.embeddings[self.token_ids] = rows.to(self.embeddings.device, self.embeddings.dtype)
