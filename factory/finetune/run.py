@@ -128,20 +128,24 @@ def finetune(spec: FinetuneSpec, *, resume: bool = False, on_step: OnStep | None
         if (checkpoint or (target / "model").exists()) and not resume:
             raise FactoryError(f"{target} already holds a fine-tune: add --resume, or choose a new --out")
         trainer = Trainer(spec, subset, codes, target)
+        main = trainer.accelerator.is_main_process  # under `accelerate launch`, one process writes
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint, fingerprint)
-            _truncate_losses(target / LOSSES, trainer.step)
+            if main:
+                _truncate_losses(target / LOSSES, trainer.step)
         target.mkdir(parents=True, exist_ok=True)
-        with open(target / LOSSES, "a") as log:
-            while trainer.step < spec.steps:
-                result = trainer.train_step()
-                log.write(json.dumps({"step": result.step, "loss": result.loss}) + "\n")
-                log.flush()
-                if on_step:
-                    on_step(part or "joint", result.step, spec.steps, result.loss)
+        while trainer.step < spec.steps:
+            result = trainer.train_step()
+            if main:
+                with open(target / LOSSES, "a") as log:
+                    log.write(json.dumps({"step": result.step, "loss": result.loss}) + "\n")
                 if result.step % spec.checkpoint_every == 0 or result.step == spec.steps:
                     trainer.save_checkpoint(fingerprint)
-        exported[part] = export(trainer, subset, codes, target / "model", spec, fingerprint, base_bank)
+            if on_step:
+                on_step(part or "joint", result.step, spec.steps, result.loss)
+        trainer.accelerator.wait_for_everyone()
+        if main:
+            exported[part] = export(trainer, subset, codes, target / "model", spec, fingerprint, base_bank)
     return exported
 
 
