@@ -202,7 +202,10 @@ class FinetuneSpec(Strict):
     embed: EmbedSpec | None = None
     new_identities: NewIdentitiesSpec | None = Field(None, description="appended to the exported bank")
     first_id: int = Field(0, ge=0, description="identities are renumbered from here")
-    token_init: str = Field("person", description="word whose embedding initialises every identity row (D5)")
+    token_init: str = Field("person", description="word whose embedding initialises every new token row (D5)")
+    camera_tokens: Literal["code", "learned"] = Field(
+        "code", description="code: DiVE's frozen random code strings, learned through the LoRA; learned: a token row each"
+    )
     p_identity_caption: float = Field(0.5, ge=0, le=1)
     width: int = Field(256, ge=8, multiple_of=8)
     height: int = Field(512, ge=8, multiple_of=8)

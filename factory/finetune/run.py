@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from safetensors.torch import save_file
 
 from factory.datasets.records import image_files
 from factory.errors import FactoryError
@@ -105,7 +106,10 @@ def _training(spec: FinetuneSpec) -> tuple[TrainSet, dict[str, str], IdentityBan
         trainset = build_trainset(
             [_source(s) for s in spec.datasets], first_id=spec.first_id, exclude=[_source(s) for s in spec.exclude]
         )
-        return trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), None
+        cameras = sorted(trainset.cameras)
+        if spec.camera_tokens == "learned":
+            return trainset, {camera: f"<camera_{n}>" for n, camera in enumerate(cameras)}, None
+        return trainset, camera_codes(cameras, seed=spec.seed), None
     bank = IdentityBank.load(spec.base.bank)
     codes = json.loads(Path(spec.base.camera_codes).read_text())
     if spec.embed.camera not in codes:
@@ -200,6 +204,8 @@ def export(
     # Embed mode keeps the base's codes whole: its bank is used with the base's LoRA and cameras.
     used = dict(sorted(codes.items())) if spec.mode == "embed" else {c: codes[c] for c in sorted(trainset.cameras)}
     (folder / "camera_codes.json").write_text(json.dumps(used, indent=2, sort_keys=True))
+    if trainer.camera_tokens:
+        save_file(trainer.camera_rows(), folder / "camera_tokens.safetensors")
     trainset.write_mapping(folder / "mapping.parquet")
     losses = [json.loads(line)["loss"] for line in (folder.parent / LOSSES).read_text().splitlines()]
     (folder / "model.json").write_text(

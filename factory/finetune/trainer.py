@@ -106,7 +106,11 @@ class Trainer:
         self.noise_scheduler: DDPMScheduler = part(DDPMScheduler, "scheduler")
 
         self.identities = trainset.identities()
-        self.token_ids = self._add_identity_tokens()
+        identity_tokens = [identity_token(i) for i in self.identities]
+        # Learned camera tokens (optional): the code of each camera is a new token whose row trains too.
+        self.camera_tokens = sorted(c for c in codes.values() if spec.camera_tokens == "learned")
+        self.token_ids = self._add_tokens(identity_tokens + self.camera_tokens)
+        self.identity_ids = self.token_ids[: len(identity_tokens)]
         for model in (self.vae, self.unet, self.text_encoder):
             model.requires_grad_(False)
         self.embeddings = self.text_encoder.get_input_embeddings().weight
@@ -144,8 +148,8 @@ class Trainer:
         self.weight_dtype = weight_dtype
         self.step = 0
 
-    def _add_identity_tokens(self) -> list[int]:
-        tokens = [identity_token(i) for i in self.identities]
+    def _add_tokens(self, tokens: list[str]) -> list[int]:
+        """New vocabulary rows for `tokens`, each initialised from `token_init`'s embedding."""
         clash = [t for t in tokens if t in self.tokenizer.get_vocab()]
         if clash:
             raise FactoryError(f"the base tokenizer already has {clash[0]}: fine-tune from plain weights")
@@ -219,7 +223,12 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------
 
     def identity_rows(self) -> torch.Tensor:
-        return self.embeddings.detach()[self.token_ids].float().cpu()
+        return self.embeddings.detach()[self.identity_ids].float().cpu()
+
+    def camera_rows(self) -> dict[str, torch.Tensor]:
+        """Learned camera token -> its row (empty with DiVE's frozen code strings)."""
+        ids = self.token_ids[len(self.identity_ids) :]
+        return {token: self.embeddings.detach()[i].float().cpu().clone() for token, i in zip(self.camera_tokens, ids)}
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         if not self.train_lora:
@@ -233,7 +242,8 @@ class Trainer:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
         save_file(self.lora_state(), staging / "lora.safetensors")
-        save_file({"rows": self.identity_rows().contiguous()}, staging / "identity_rows.safetensors")
+        rows = self.embeddings.detach()[self.token_ids].float().cpu().contiguous()
+        save_file({"rows": rows}, staging / "token_rows.safetensors")
         torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
         (staging / "state.json").write_text(json.dumps({"step": self.step, "spec_fingerprint": fingerprint}))
         final = root / f"step-{self.step:08d}"
@@ -249,7 +259,7 @@ class Trainer:
             unet = self.accelerator.unwrap_model(self.unet)
             set_peft_model_state_dict(unet, load_file(folder / "lora.safetensors"))
         with torch.no_grad():
-            rows = load_file(folder / "identity_rows.safetensors")["rows"]
+            rows = load_file(folder / "token_rows.safetensors")["rows"]
             self.embeddings[self.token_ids] = rows.to(self.embeddings.device, self.embeddings.dtype)
         # weights_only: the optimizer state is tensors and numbers; nothing is unpickled.
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))

@@ -21,6 +21,7 @@ from diffusers import (
     SchedulerMixin,
     StableDiffusionPipeline,
 )
+from safetensors.torch import load_file
 
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
@@ -53,6 +54,17 @@ def _camera_codes(path: str) -> dict[str, str]:
     if not isinstance(codes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in codes.items()):
         raise FactoryError(f"camera codes file {path} must be a JSON object of camera name -> code string")
     return codes
+
+
+def _add_learned_tokens(pipe: StableDiffusionPipeline, path: Path) -> None:
+    """Add fine-tuned camera tokens to the vocabulary with their learned rows."""
+    rows = load_file(path)
+    pipe.tokenizer.add_tokens(sorted(rows))
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, row in rows.items():
+            table[pipe.tokenizer.convert_tokens_to_ids(token)] = row.to(table.dtype)
 
 
 class TextToImage:
@@ -98,6 +110,8 @@ class TextToImage:
             pipe.load_lora_weights(str(lora), weight_name=lora.name, local_files_only=True, adapter_name="finetune")
             pipe.fuse_lora()  # no per-step LoRA matmuls; the fused weights stay after unloading
             pipe.unload_lora_weights()
+        if ref.camera_tokens:
+            _add_learned_tokens(pipe, existing_file(ref.camera_tokens, "camera tokens"))
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device), bank, codes)
 

@@ -77,6 +77,7 @@ class ModelRef(BaseModel):
     lora: str | None = None  # UNet (and text encoder) LoRA, diffusers .safetensors format
     bank: str | None = None  # IdentityBank .safetensors
     camera_codes: str | None = None  # JSON {camera name: code string}
+    camera_tokens: str | None = None  # learned camera tokens (.safetensors {token: row}), when the codes are tokens
 
     @model_validator(mode="after")
     def _one_base(self) -> ModelRef:
@@ -93,7 +94,7 @@ class ModelRef(BaseModel):
         else:
             base = f"folder:{folder_digest(resolve_model_path(self.path))}"
         parts = {"base": base}
-        for field in ("lora", "bank", "camera_codes"):
+        for field in ("lora", "bank", "camera_codes", "camera_tokens"):
             if (value := getattr(self, field)) is not None:
                 parts[field] = file_digest(existing_file(value, field.replace("_", " ")))
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
