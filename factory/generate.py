@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from factory.distributor import LocalPool, Pool, RayPool
+from factory.distributor import NAMESPACE, LocalPool, Pool, RayPool
 from factory.errors import FactoryError
 from factory.generator_actor import ActorConfig
 from factory.identities import resolve_identities
@@ -37,7 +37,7 @@ from factory.storage import storage_for
 from factory.tasks import GenerationTask, ShardPlan, TaskResult, plan_shards, shard_tasks
 from manifests.errors import RunNotFound
 from manifests.resume import plan_resume
-from manifests.run_info import RunInfo, read_run_info, write_run_info, write_success
+from manifests.run_info import RunInfo, read_run_info, read_success, write_run_info, write_success
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _pool(spec: GenerateSpec, use_ray: bool, address: str | None) -> Pool:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, namespace="reid-factory", include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
     return RayPool(configs, {m: spec.side(m).actors for m in configs}, spec.resources, spec.run_id)
 
 
@@ -122,6 +122,8 @@ def generate(
     fingerprints = _check_models(spec)
     plans = plan_shards(resolve_identities(spec), spec.identities_per_shard)
     todo = _start_run(spec, fingerprints, len(plans), resume, force)
+    if not todo and (finished := read_success(spec.output)) is not None:
+        return finished  # resumed a finished run: nothing to do, keep its own totals
     generated_per_shard = {p.shard: sum(len(t.items) for m in fingerprints for t in _tasks(spec, p, m)) for p in plans}
     planned_images = sum(generated_per_shard[i] for i in todo)
     start = time.perf_counter()
