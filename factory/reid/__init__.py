@@ -1,0 +1,15 @@
+"""AGW/CAJ two-stream VI-ReID models, losses, CAJ channel augmentation and a minimal CPU trainer (REFERENCE.md §6)."""
+
+from factory.reid.backbone import PRESETS, GeM, NonLocal, TwoStreamResNet, build_model
+from factory.reid.losses import ADPLoss, CrossEntropyLabelSmooth, WRTLoss
+
+__all__ = [
+    "PRESETS",
+    "ADPLoss",
+    "CrossEntropyLabelSmooth",
+    "GeM",
+    "NonLocal",
+    "TwoStreamResNet",
+    "WRTLoss",
+    "build_model",
+]
