@@ -299,7 +299,7 @@ def test_cal_head_and_losses():
     z = 16 * cos[0]
     lp = [z[c] - torch.log(torch.exp(z[2]) + torch.exp(z[c])) for c in range(3)]
     target = [0.9 + 0.05, 0.05, 0.0]
-    expected = -sum(t * l for t, l in zip(target, lp))
+    expected = -sum(t * log_p for t, log_p in zip(target, lp))
     got = ClothesBasedAdversarialLoss()(cos, torch.tensor([0]), mask)
     assert torch.allclose(got, expected, atol=1e-5)
     losses = CALLosses(16, num_clothes=4)
