@@ -21,7 +21,6 @@ import random
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +145,7 @@ class Trainer:
             self.unet, self.text_encoder, self.optimizer
         )
         self.weight_dtype = weight_dtype
+        self._orders: dict[int, np.ndarray] = {}
         self.step = 0
 
     def _add_tokens(self, tokens: list[str]) -> list[int]:
@@ -166,9 +166,13 @@ class Trainer:
 
     # ---- data, derived per step ------------------------------------------------------
 
-    @lru_cache(maxsize=4)
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng(derive_seed(self.spec.seed, "epoch", epoch)).permutation(len(self.trainset.images))
+        """The sample order of `epoch` (kept for the current epoch only: a batch may straddle two)."""
+        if epoch not in self._orders:
+            rng = np.random.default_rng(derive_seed(self.spec.seed, "epoch", epoch))
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = rng.permutation(len(self.trainset.images))
+        return self._orders[epoch]
 
     def _batch(self, step: int, micro: int) -> tuple[torch.Tensor, list[str]]:
         spec, accelerator = self.spec, self.accelerator
