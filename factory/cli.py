@@ -156,6 +156,60 @@ def finetune(
         print(f"{part or 'model'}: {folder} (lora.safetensors, bank.safetensors, camera_codes.json)")
 
 
+@app.command("train-reid")
+def train_reid(
+    spec: Path = typer.Argument(..., help="ReID spec (YAML); see jobs/specs/reid-demo.yaml."),
+    out: str = typer.Option(None, "--out", help="Output folder, overriding the spec's output."),
+) -> None:
+    """Train a reference ReID model (AGW, CAJ or CAL) on real data and/or runs, then evaluate it.
+
+    Real images come from data.dataset (a folder or world:// URI); runs' identities join
+    as new classes with new camera ids (data.mix). DLCR variants (data.variants) join
+    their source images with progressive learning. Writes OUT/checkpoints/,
+    OUT/model.safetensors, OUT/train_log.jsonl and OUT/metrics.json (rank1, rank5,
+    rank10, mAP, mINP per protocol and direction).
+    """
+    from factory.reid.run import train_reid as run_train_reid
+    from factory.reid.spec import ReidSpec
+    from factory.specs import load_spec
+
+    parsed = load_spec(spec, ReidSpec, output=out)
+    with _progress() as progress:
+        task = progress.add_task("loading data", total=None)
+
+        def report(phase: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, description=phase)
+
+        metrics = run_train_reid(parsed, report=report)
+    _print_metrics(metrics, Path(parsed.output))
+
+
+@app.command("eval-reid")
+def eval_reid(
+    spec: Path = typer.Argument(..., help="The ReID spec the model was trained with (its output holds the model)."),
+    out: str = typer.Option(None, "--out", help="The train-reid output folder, overriding the spec's output."),
+) -> None:
+    """Evaluate a trained model under its dataset's protocol (with DLCR refinement if the spec asks)."""
+    from factory.reid.run import eval_reid as run_eval_reid
+    from factory.reid.spec import ReidSpec
+    from factory.specs import load_spec
+
+    parsed = load_spec(spec, ReidSpec, output=out)
+    _print_metrics(run_eval_reid(parsed), Path(parsed.output))
+
+
+def _print_metrics(metrics: dict, folder: Path) -> None:
+    if not metrics:
+        print(f"{folder}: trained (no dataset named, so nothing evaluated)")
+        return
+    table = Table(title=f"{metrics['dataset']} ({folder / 'metrics.json'})")
+    for column in ("protocol", "rank1", "rank5", "rank10", "mAP", "mINP"):
+        table.add_column(column, justify="left" if column == "protocol" else "right")
+    for name, scores in metrics["results"].items():
+        table.add_row(name, *(f"{scores[k]:.4f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+    out.print(table)
+
+
 @app.command()
 def preview(
     run: str = typer.Argument(..., help=RUN_HELP),

@@ -85,7 +85,11 @@ def clothes_positive_mask(pids: torch.Tensor, clothes_to_pid: torch.Tensor) -> t
 
 
 class CALLosses(nn.Module):
-    """ID CE (ε = 0.1), clothes CosFace on detached features, CAL from `cal_start_epoch` (25)."""
+    """ID CE (ε = 0.1), clothes CosFace on detached features, CAL from `cal_start_epoch` (25).
+
+    Per batch, in CAL's order: `clothes()` and a step of the clothes optimiser, then
+    `model()` for the backbone (its CAL term sees the updated clothes classifier).
+    """
 
     def __init__(self, feature_dim: int, num_clothes: int, cal_start_epoch: int = 25):
         super().__init__()
@@ -95,11 +99,42 @@ class CALLosses(nn.Module):
         self.cal_loss = ClothesBasedAdversarialLoss(16.0, 0.1)
         self.cal_start_epoch = cal_start_epoch
 
-    def forward(self, feat, id_logits, pids, clothes, clothes_to_pid, epoch: int) -> dict[str, torch.Tensor]:
-        """Returns {"model": ID (+ CAL) loss for the backbone optimiser, "clothes": loss for the clothes optimiser}."""
-        clothes_loss = self.clothes_loss(self.clothes_classifier(feat.detach()), clothes)
-        model_loss = self.id_loss(id_logits, pids)
+    def clothes(self, feat: torch.Tensor, clothes: torch.Tensor) -> torch.Tensor:
+        """Loss of the clothes classifier, on detached features (its own optimiser steps on it first)."""
+        return self.clothes_loss(self.clothes_classifier(feat.detach()), clothes)
+
+    def model(self, feat, id_logits, pids, clothes, clothes_to_pid, epoch: int, id_pids=None) -> torch.Tensor:
+        """ID loss (+ CAL from `cal_start_epoch`) for the backbone, with the clothes classifier as it now is.
+
+        `feat`, `pids` and `clothes` are the real images (CAL); `id_logits` may cover more
+        images (DLCR adds generated variants) labelled `id_pids`.
+        """
+        loss = self.id_loss(id_logits, pids if id_pids is None else id_pids)
         if epoch >= self.cal_start_epoch:
             mask = clothes_positive_mask(pids, clothes_to_pid)
-            model_loss = model_loss + self.cal_loss(self.clothes_classifier(feat), clothes, mask)
-        return {"model": model_loss, "clothes": clothes_loss}
+            loss = loss + self.cal_loss(self.clothes_classifier(feat), clothes, mask)
+        return loss
+
+
+class CALNet(nn.Module):
+    """CAL's single-stream net: the two-stream backbone used through its visible stem, then `CALHead`.
+
+    CAL's ResNet-50 has no non-local blocks and one input stream; reusing
+    `TwoStreamResNet` keeps one ResNet implementation (its thermal stem stays unused).
+    """
+
+    def __init__(self, backbone: nn.Module, num_pids: int):
+        super().__init__()
+        self.base = backbone
+        self.head = CALHead(backbone.pool_dim, num_pids)
+        self.pool_dim = self.head.feature_dim
+
+    def forward(self, x: torch.Tensor, modality: str = "rgb") -> tuple[torch.Tensor, torch.Tensor]:
+        """(BN feature, ID logits) in training and evaluation alike."""
+        return self.head(self.base.backbone(x, modality="rgb"))
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, modality: str = "rgb") -> tuple[torch.Tensor, torch.Tensor]:
+        """(POOL, FC) like `TwoStreamResNet.features`; both are the L2-normalised BN feature here."""
+        feat = F.normalize(self.head(self.base.backbone(x, modality="rgb"))[0], dim=1)
+        return feat, feat

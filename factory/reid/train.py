@@ -1,154 +1,229 @@
-"""Minimal AGW-style two-stream training on CPU, and flip-averaged feature extraction.
+"""Training loops for the reference models, and flip-averaged feature extraction.
 
-    model = train_two_stream(splits["train"], preset="tiny", epochs=4, p=4, k=4, size=(64, 32), seed=0)
-    qf = extract(model, splits["query"], "ir"); gf = extract(model, splits["gallery"], "rgb")
+    trainset = trainset_from_records(splits["train"], size=(64, 32))
+    model = train_model(trainset, ModelSpec(arch="agw"), TrainSpec(epochs=4), seed=0)
+    qf = extract(model, splits["query"], "ir", (64, 32))
 
-Sampler (REFERENCE.md §6.4): P identities without replacement x K RGB + K IR images
-each, images with replacement; an epoch is max(#RGB, #IR) images. Loss: CE on the BNNeck
-logits + WRT on the pooled (pre-BN) features of both modalities together. Identities
-are relabelled 0..C-1 here (loaders keep the dataset's own pids). Only identities with
-images in both modalities are trained on.
+AGW / CAJ (REFERENCE.md §6.1–6.4): P identities × K RGB + K IR images per batch; CE on
+the BNNeck logits + WRT (AGW) or ADP (CAJ) on the pooled features of all sub-batches
+together; CAJ adds the channel-exchanged visible view as a third sub-batch (labels
+l_v, l_v, l_ir) and its erasing and IR steps. CAL (§6.5, §3.5): P × K images, ID CE
+(ε = 0.1) on real images and their DLCR variants, the clothes classifier and the CAL
+loss on the real half only, the clothes classifier with its own Adam.
+
+Identities are relabelled 0..C−1 in sorted class-id order (`class_ids` in the result).
+The learning rate follows a linear warm-up then ×0.1 at each milestone; the backbone's
+rate is `backbone_lr_mult` × the head's. Randomness: torch seeded once, batches by
+(seed, epoch), augmentations by a generator seeded with (seed, epoch).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from factory.datasets.records import Record
 from factory.reid.augment import eval_view, load_resized, train_view
 from factory.reid.backbone import TwoStreamResNet, build_model
+from factory.reid.cal import CALLosses, CALNet
+from factory.reid.data import TrainSet, build_trainset
 from factory.reid.losses import ADPLoss, CrossEntropyLabelSmooth, WRTLoss
+from factory.reid.sampler import IdentitySampler, progressive_fraction
+from factory.reid.spec import MixSpec, ModelSpec, TrainSpec, VariantsSpec
+
+ReidModel = TwoStreamResNet | CALNet
+EpochHook = Callable[[int, dict, nn.Module], None]
+BatchHook = Callable[[int, int, int], None]
 
 
-def identity_batches(
-    rgb_by_pid: dict[int, list[int]],
-    ir_by_pid: dict[int, list[int]],
-    p: int,
-    k: int,
-    n_batches: int,
-    rng: np.random.Generator,
-):
-    """Yield (pids, rgb indices, ir indices): P pids without replacement, K images of each modality with replacement."""
-    pids = np.array(sorted(rgb_by_pid))
-    for _ in range(n_batches):
-        chosen = rng.choice(pids, size=min(p, len(pids)), replace=False)
-        rgb_idx, ir_idx, labels = [], [], []
-        for pid in chosen:
-            rgb_idx += list(rng.choice(rgb_by_pid[pid], size=k, replace=True))
-            ir_idx += list(rng.choice(ir_by_pid[pid], size=k, replace=True))
-            labels += [int(pid)] * k
-        yield labels, rgb_idx, ir_idx
+@dataclass
+class Trained:
+    model: ReidModel
+    class_ids: list[int]  # class id of each logit
+    log: list[dict]
 
 
-def train_two_stream(
-    records_train: Sequence[Record],
+def trainset_from_records(records: Sequence[Record], size: tuple[int, int]) -> TrainSet:
+    """A TrainSet of real records only (tests and scripts)."""
+    return build_trainset(records, None, [], MixSpec(), size)[0]
+
+
+def build_reid_model(model: ModelSpec, num_classes: int) -> ReidModel:
+    if model.arch == "cal":
+        return CALNet(build_model(model.preset, num_classes=1, non_local=False), num_classes)
+    return build_model(model.preset, num_classes=num_classes, non_local=model.non_local)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(epoch: int, warmup_epochs: int, milestones: Sequence[int]) -> float:
+    """Linear warm-up over `warmup_epochs` ((e+1)/W), then ×0.1 per milestone reached."""
+    warm = (epoch + 1) / warmup_epochs if epoch < warmup_epochs else 1.0
+    return warm * 0.1 ** sum(epoch >= m for m in milestones)
+
+
+def _optimizer(model: ReidModel, train: TrainSpec) -> torch.optim.Optimizer:
+    head_names = ("bottleneck", "classifier", "head.")
+    backbone, head = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if name.startswith(head_names) else backbone).append(param)
+    groups = [
+        {"params": backbone, "lr": train.lr * train.backbone_lr_mult, "base_lr": train.lr * train.backbone_lr_mult},
+        {"params": head, "lr": train.lr, "base_lr": train.lr},
+    ]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=0.9, nesterov=True, weight_decay=train.weight_decay)
+    return torch.optim.Adam(groups, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def _set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+def train_model(
+    trainset: TrainSet,
+    model_spec: ModelSpec,
+    train: TrainSpec,
     *,
-    preset: str = "tiny",
-    epochs: int = 4,
-    p: int = 4,
-    k: int = 4,
-    size: tuple[int, int] = (64, 32),
-    lr: float = 3.5e-4,
-    optimizer: str = "adam",
-    weight_decay: float = 5e-4,
-    metric_loss: str = "wrt",
-    channel_aug: bool = False,
     seed: int = 0,
-    model_kwargs: dict | None = None,
-    log: list | None = None,
-) -> TwoStreamResNet:
-    """Train a two-stream net; returns it in eval mode. Deterministic per `seed` (CPU).
-
-    optimizer "adam" (CAL-style, lr 3.5e-4) or "sgd" (AGW-style: momentum 0.9, Nesterov;
-    pass lr=0.1 for the reference value). `channel_aug=True` adds CAJ's channel-exchanged
-    visible view as a third sub-batch (labels l_v, l_v, l_ir) and uses its erasing/IR steps;
-    `metric_loss="adp"` selects CAJ's ADP instead of WRT. `log` collects per-epoch stats.
-    """
+    synthetic_share: float | None = None,
+    variants: VariantsSpec | None = None,
+    on_epoch: EpochHook | None = None,
+    on_batch: BatchHook | None = None,
+) -> Trained:
+    """Train the spec's architecture on `trainset`; returns the model in eval mode. Deterministic per seed (CPU)."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    rgb_by_pid: dict[int, list[int]] = defaultdict(list)
-    ir_by_pid: dict[int, list[int]] = defaultdict(list)
-    for i, r in enumerate(records_train):
-        (rgb_by_pid if r.modality == "rgb" else ir_by_pid)[r.identity].append(i)
-    both = sorted(set(rgb_by_pid) & set(ir_by_pid))
-    if not both:
-        raise ValueError("no identity has images in both modalities")
-    rgb_by_pid = {pid: rgb_by_pid[pid] for pid in both}
-    ir_by_pid = {pid: ir_by_pid[pid] for pid in both}
-    relabel = {pid: j for j, pid in enumerate(both)}
-    images = {
-        i: load_resized(records_train[i].path, size)
-        for idxs in (*rgb_by_pid.values(), *ir_by_pid.values())
-        for i in idxs
-    }
-
-    model = build_model(preset, num_classes=len(both), **(model_kwargs or {}))
-    params = [q for q in model.parameters() if q.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    modalities = None if model_spec.arch == "cal" else ("rgb", "ir")
+    sampler = IdentitySampler(trainset, p=train.p, k=train.k, modalities=modalities,
+                              synthetic_share=synthetic_share, seed=seed, batches_per_epoch=train.batches_per_epoch)
+    class_ids = sampler.identities
+    relabel = {pid: j for j, pid in enumerate(class_ids)}
+    device = resolve_device(train.device)
+    model = build_reid_model(model_spec, len(class_ids)).to(device)
+    if model_spec.arch == "cal":
+        step = _cal_step(model, trainset, relabel, train, device)
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r}")
-    ce = CrossEntropyLabelSmooth(0.0)
-    tri = ADPLoss() if metric_loss == "adp" else WRTLoss()
-    n_rgb = sum(map(len, rgb_by_pid.values()))
-    n_ir = sum(map(len, ir_by_pid.values()))
-    n_batches = max(1, max(n_rgb, n_ir) // (p * k))
-    erasing = 0.5 if channel_aug else 0.0
-
+        step = _two_stream_step(model, model_spec, trainset.images, device)
+    opt = _optimizer(model, train)
+    log: list[dict] = []
     model.train()
-    for epoch in range(epochs):
-        tot, correct, seen = 0.0, 0, 0
-        for pids, rgb_idx, ir_idx in identity_batches(rgb_by_pid, ir_by_pid, p, k, n_batches, rng):
-            x_rgb = np.stack([train_view(images[i], "visible", rng, erasing) for i in rgb_idx])
-            x_ir = np.stack([train_view(images[i], "ir" if channel_aug else "visible", rng, erasing) for i in ir_idx])
-            y = torch.tensor([relabel[pid] for pid in pids])
-            if channel_aug:
-                x_aug = np.stack([train_view(images[i], "visible_exchange", rng, erasing) for i in rgb_idx])
-                x_rgb = np.concatenate([x_rgb, x_aug])
-                labels = torch.cat([y, y, y])
-            else:
-                labels = torch.cat([y, y])
-            feats, logits = model(torch.from_numpy(x_rgb), torch.from_numpy(x_ir), modality="both")
-            loss_tri, ok = tri(feats, labels)
-            loss = ce(logits, labels) + loss_tri
+    for epoch in range(train.epochs):
+        _set_lr(opt, lr_factor(epoch, train.warmup_epochs, train.milestones))
+        fraction = None
+        if variants is not None and variants.progressive:
+            fraction = progressive_fraction(epoch, variants.thresholds, variants.fractions)
+        rng = np.random.default_rng([seed, epoch, 1])
+        totals: dict[str, float] = {}
+        for i, batch in enumerate(sampler.epoch(epoch, fraction)):
+            y = torch.tensor([relabel[pid] for pid in batch.labels], device=device)
+            losses = step(batch, y, rng, epoch)
             opt.zero_grad()
-            loss.backward()
+            losses["loss"].backward()
             opt.step()
-            tot += float(loss.detach()) * len(labels)
-            correct += ok
-            seen += len(labels)
-        if log is not None:
-            log.append({"epoch": epoch, "loss": tot / seen, "triplet_acc": correct / seen})
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+            if on_batch is not None:
+                on_batch(epoch, i + 1, sampler.batches_per_epoch)
+        stats = {"epoch": epoch, "lr": opt.param_groups[-1]["lr"]}
+        stats.update({name: total / sampler.batches_per_epoch for name, total in totals.items()})
+        if fraction is not None:
+            stats["variant_fraction"] = fraction
+        log.append(stats)
+        if on_epoch is not None:
+            on_epoch(epoch, stats, model)
     model.eval()
-    return model
+    return Trained(model, class_ids, log)
+
+
+def _views(images: np.ndarray, idx: Sequence[int], view: str, rng: np.random.Generator, erasing: float,
+           device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.stack([train_view(images[i], view, rng, erasing) for i in idx])).to(device)
+
+
+def _two_stream_step(model: TwoStreamResNet, model_spec: ModelSpec, images: np.ndarray, device: torch.device):
+    caj = model_spec.arch == "caj"
+    ce = CrossEntropyLabelSmooth(0.0)
+    metric = ADPLoss() if caj else WRTLoss()
+    erasing = 0.5 if caj else 0.0
+
+    def step(batch, y, rng, epoch) -> dict[str, torch.Tensor]:
+        x_rgb = _views(images, batch.indices["rgb"], "visible", rng, erasing, device)
+        x_ir = _views(images, batch.indices["ir"], "ir" if caj else "visible", rng, erasing, device)
+        labels = torch.cat([y, y])
+        if caj:
+            x_rgb = torch.cat([x_rgb, _views(images, batch.indices["rgb"], "visible_exchange", rng, erasing, device)])
+            labels = torch.cat([y, y, y])
+        feats, logits = model(x_rgb, x_ir, modality="both")
+        id_loss = ce(logits, labels)
+        metric_loss, correct = metric(feats, labels)
+        return {"loss": id_loss + metric_loss, "id": id_loss, "metric": metric_loss,
+                "triplet_acc": torch.tensor(correct / len(labels))}
+
+    return step
+
+
+def _cal_step(model: CALNet, trainset: TrainSet, relabel: dict[int, int], train: TrainSpec, device: torch.device):
+    clothes_keys = [c if c is not None else f"pid:{pid}" for c, pid in zip(trainset.clothes, trainset.labels.tolist())]
+    real = [i for i in range(len(trainset)) if not trainset.is_variant[i] and int(trainset.labels[i]) in relabel]
+    clothes_ids = {c: j for j, c in enumerate(sorted({clothes_keys[i] for i in real}))}
+    clothes_to_pid = torch.zeros(len(clothes_ids), dtype=torch.long, device=device)
+    for i in real:
+        clothes_to_pid[clothes_ids[clothes_keys[i]]] = relabel[int(trainset.labels[i])]
+    losses = CALLosses(model.pool_dim, len(clothes_ids), cal_start_epoch=train.cal_start_epoch).to(device)
+    clothes_opt = torch.optim.Adam(losses.clothes_classifier.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+    def step(batch, y, rng, epoch) -> dict[str, torch.Tensor]:
+        idx = batch.indices["any"]
+        x = _views(trainset.images, idx + batch.variants, "visible", rng, 0.5, device)
+        y_variants = torch.tensor([relabel[int(trainset.labels[v])] for v in batch.variants], dtype=torch.long,
+                                  device=device)
+        feat, logits = model(x)
+        n_real = len(idx)
+        clothes = torch.tensor([clothes_ids[clothes_keys[i]] for i in idx], device=device)
+        # the clothes classifier steps first, on the real half (as CAL does) ...
+        clothes_loss = losses.clothes(feat[:n_real], clothes)
+        clothes_opt.zero_grad()
+        clothes_loss.backward()
+        clothes_opt.step()
+        # ... then the backbone: ID loss on real + variants (DLCR §3.5), CAL on the real half
+        model_loss = losses.model(feat[:n_real], logits, y, clothes, clothes_to_pid, epoch,
+                                  id_pids=torch.cat([y, y_variants]))
+        return {"loss": model_loss, "clothes": clothes_loss.detach()}
+
+    return step
 
 
 @torch.no_grad()
-def extract(
-    model: TwoStreamResNet,
-    records: Sequence[Record],
-    modality: str,
-    size: tuple[int, int] = (64, 32),
-    batch_size: int = 64,
-    output: str = "fc",
-) -> np.ndarray:
-    """Features of `records` through the `modality` stem: FC (or POOL) of image + flipped image, summed, L2-normalised."""
+def extract_images(model: ReidModel, images: np.ndarray, modality: str, batch_size: int = 64, output: str = "fc") -> np.ndarray:
+    """Features of HWC uint8 images through the `modality` stem: image + flipped image, summed, L2-normalised."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = []
-    for start in range(0, len(records), batch_size):
-        x = torch.from_numpy(
-            np.stack([eval_view(load_resized(r.path, size)) for r in records[start : start + batch_size]])
-        )
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.stack([eval_view(im) for im in images[start : start + batch_size]])).to(device)
         pool1, fc1 = model.features(x, modality=modality)
         pool2, fc2 = model.features(torch.flip(x, dims=[3]), modality=modality)
         f = fc1 + fc2 if output == "fc" else pool1 + pool2
-        out.append(torch.nn.functional.normalize(f, dim=1).numpy())
+        out.append(torch.nn.functional.normalize(f, dim=1).cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.pool_dim), dtype=np.float32)
+
+
+def extract(model: ReidModel, records: Sequence[Record], modality: str, size: tuple[int, int] = (64, 32),
+            batch_size: int = 64, output: str = "fc") -> np.ndarray:
+    """`extract_images` of records read from disk and resized to size = (height, width)."""
+    images = [load_resized(Path(r.path), size) for r in records]
+    return extract_images(model, np.stack(images) if images else np.zeros((0, *size, 3), np.uint8),
+                          modality, batch_size, output)

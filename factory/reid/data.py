@@ -1,0 +1,230 @@
+"""The training set of `factory train-reid`: real images plus identities streamed from runs.
+
+Real records come from `factory.datasets`; run images come through
+`manifests.streaming.ReidStream` (one pass over the shards, local or S3). Both are
+decoded, resized to the training size once and kept in memory as uint8 (a 288×144
+image is 124 kB, so 100k images take about 12 GB); the sampler then draws from them.
+
+Namespaces (REFERENCE.md §6.6): real images keep their dataset pid and camera; run
+identity i becomes class `identity_offset + i` and the runs' cameras get new ids from
+`camera_offset` (one per camera name over all runs, sorted). An explicit offset that
+lands on a real pid or camera is refused: silently merging a synthetic person into a
+real one would poison the labels.
+
+DLCR variants (an inpaint run) are not new identities: each names its real source
+image in `parent` and is attached to it, drawn by the DLCR batch rule (`sampler.py`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from factory.datasets.records import Record
+from factory.errors import FactoryError
+from factory.reid.augment import load_resized
+from factory.reid.spec import MixSpec, RunSource
+from manifests.reader import Run
+from manifests.streaming import ReidStream, Selection
+
+
+class ReidDataError(FactoryError):
+    """Training data that cannot be used as asked (clash, nothing selected, unmatched variants)."""
+
+
+@dataclass
+class TrainSet:
+    """Images (N, H, W, 3) uint8 with their labels; `variants[i]` = indices of image i's generated variants."""
+
+    images: np.ndarray
+    labels: np.ndarray  # class ids: real pid, or identity_offset + run identity
+    cameras: np.ndarray
+    modalities: list[str]
+    clothes: list[str | None]
+    synthetic: np.ndarray  # bool: from a run
+    names: list[str]  # real: path relative to the dataset root; run: shard key/member
+    is_variant: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    variants: dict[int, list[int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def summary(self) -> dict[str, int]:
+        base = ~self.is_variant
+        return {
+            "images": int(base.sum()),
+            "identities": len(set(self.labels[base].tolist())),
+            "real_images": int((base & ~self.synthetic).sum()),
+            "synthetic_images": int((base & self.synthetic).sum()),
+            "synthetic_identities": len(set(self.labels[base & self.synthetic].tolist())),
+            "variants": int(self.is_variant.sum()),
+        }
+
+
+@dataclass
+class _Part:
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    cameras: list[int] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+    clothes: list[str | None] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def _decoder(size: tuple[int, int]):
+    h, w = size
+
+    def decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint8)
+
+    return decode
+
+
+def real_part(records: Sequence[Record], root: Path, size: tuple[int, int]) -> _Part:
+    part = _Part()
+    for r in records:
+        part.images.append(load_resized(r.path, size))
+        part.labels.append(r.identity)
+        part.cameras.append(r.camera)
+        part.modalities.append(r.modality)
+        part.clothes.append(r.clothes)
+        part.names.append(relative_name(r.path, root))
+    return part
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """A record's path relative to its dataset root, as posix (how variants name their parent)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _selection(source: RunSource) -> Selection:
+    return Selection(
+        modalities=tuple(source.modalities) if source.modalities else None,
+        origins=tuple(source.origins) if source.origins else None,
+        identities=tuple(source.identities) if source.identities else None,
+    )
+
+
+def resolve_offsets(
+    mix: MixSpec, real_pids: set[int], real_cameras: set[int], run_pids: set[int], run_cameras: list[str]
+) -> tuple[int, int]:
+    """(identity offset, camera offset), refusing explicit ones that reuse a real pid or camera."""
+    id_offset = (max(real_pids) + 1 if real_pids else 0) if mix.identity_offset == "auto" else mix.identity_offset
+    cam_offset = (max(real_cameras) + 1 if real_cameras else 0) if mix.camera_offset == "auto" else mix.camera_offset
+    clash = sorted(real_pids & {id_offset + i for i in run_pids})
+    if clash:
+        raise ReidDataError(
+            f"class-id clash: run identity {clash[0] - id_offset} + identity_offset {id_offset} = {clash[0]} "
+            f"is a real identity ({len(clash)} clash(es)); use identity_offset >= {max(real_pids) + 1} or 'auto'"
+        )
+    cam_clash = sorted(real_cameras & set(range(cam_offset, cam_offset + len(run_cameras))))
+    if cam_clash:
+        raise ReidDataError(
+            f"camera-id clash: run camera id {cam_clash[0]} is a real camera; "
+            f"use camera_offset >= {max(real_cameras) + 1} or 'auto'"
+        )
+    return id_offset, cam_offset
+
+
+def run_part(
+    sources: Sequence[RunSource], mix: MixSpec, real_pids: set[int], real_cameras: set[int], size: tuple[int, int]
+) -> tuple[_Part, int, int]:
+    """Every selected image of the runs, relabelled into the synthetic namespace."""
+    streams = [ReidStream([s.uri], selection=_selection(s), decode=_decoder(size), rank=0, world_size=1) for s in sources]
+    run_pids = {row.identity for st in streams for sample in st.samples for row in sample.rows}
+    camera_names = sorted(set().union(*(st.camera_ids for st in streams)))
+    id_offset, cam_offset = resolve_offsets(mix, real_pids, real_cameras, run_pids, camera_names)
+    camera_id = {name: cam_offset + i for i, name in enumerate(camera_names)}
+    part = _Part()
+    for stream in streams:
+        for item in stream:
+            part.images.append(item["image"])
+            part.labels.append(id_offset + item["identity"])
+            part.cameras.append(camera_id[item["camera"]])
+            part.modalities.append(item["modality"])
+            part.clothes.append(None if item["clothes"] is None else f"syn:{item['clothes']}")
+            part.names.append(f"{item['shard_uri']}#{item['member']}")
+    return part, id_offset, cam_offset
+
+
+def variant_part(uri: str, names: Sequence[str], size: tuple[int, int]) -> tuple[_Part, list[int]]:
+    """The images of an inpaint run whose `parent` is one of `names`, and each one's parent index.
+
+    Variants are ordered by (parent, shard, member), so "variant v of image i" is the
+    same image on every run; labels are the parent's (filled in by the caller).
+    """
+    index = {name: i for i, name in enumerate(names)}
+    rows = Run(uri).table().select(["shard_uri", "member", "parent"]).to_pylist()
+    parent_of = {(r["shard_uri"], r["member"]): _parent_name(r["parent"]) for r in rows if r["parent"]}
+    if not any(p in index for p in parent_of.values()):
+        example = next(iter(parent_of.values()), None)
+        raise ReidDataError(
+            f"{uri}: none of its {len(rows)} images names a training image as parent "
+            f"(e.g. {example!r}, training images look like {names[0]!r} if any)"
+            if names else f"{uri}: variants need real training images to attach to (data.use_real)"
+        )
+    found = []
+    for item in ReidStream([uri], decode=_decoder(size), rank=0, world_size=1):
+        parent = parent_of.get((item["shard_uri"], item["member"]))
+        if parent in index:
+            found.append((parent, item["shard_uri"], item["member"], item["image"]))
+    found.sort(key=lambda f: f[:3])
+    part = _Part(images=[f[3] for f in found], names=[f"{f[1]}#{f[2]}" for f in found])
+    return part, [index[f[0]] for f in found]
+
+
+def _parent_name(parent: str) -> str:
+    """Parents are dataset-relative posix paths; tolerate a leading slash or Windows separators."""
+    return parent.replace("\\", "/").lstrip("/")
+
+
+def build_trainset(
+    real_records: Sequence[Record],
+    root: Path | None,
+    sources: Sequence[RunSource],
+    mix: MixSpec,
+    size: tuple[int, int],
+    variants_uri: str | None = None,
+) -> tuple[TrainSet, dict[str, int]]:
+    """Real + run images in one set; returns it and the namespaces used (`identity_offset`, `camera_offset`)."""
+    real = real_part(real_records, root or Path("."), size)
+    parts = [real]
+    offsets = {}
+    if sources:
+        runs, id_offset, cam_offset = run_part(sources, mix, set(real.labels), set(real.cameras), size)
+        parts.append(runs)
+        offsets = {"identity_offset": id_offset, "camera_offset": cam_offset}
+    n_base = sum(len(p.labels) for p in parts)
+    owners: list[int] = []
+    if variants_uri is not None:
+        variants, owners = variant_part(variants_uri, real.names, size)
+        variants.labels = [real.labels[i] for i in owners]
+        variants.cameras = [real.cameras[i] for i in owners]
+        variants.modalities = [real.modalities[i] for i in owners]
+        variants.clothes = [None] * len(owners)  # a variant's outfit is not a training clothes class
+        parts.append(variants)
+    images = [im for p in parts for im in p.images]
+    if not images:
+        raise ReidDataError("the training set is empty: no real training images and no run images")
+    trainset = TrainSet(
+        images=np.stack(images),
+        labels=np.array([x for p in parts for x in p.labels], dtype=np.int64),
+        cameras=np.array([x for p in parts for x in p.cameras], dtype=np.int64),
+        modalities=[x for p in parts for x in p.modalities],
+        clothes=[x for p in parts for x in p.clothes],
+        synthetic=np.array([False] * len(real.labels) + [True] * (n_base - len(real.labels)) + [False] * len(owners)),
+        names=[x for p in parts for x in p.names],
+        is_variant=np.array([False] * n_base + [True] * len(owners)),
+    )
+    for j, owner in enumerate(owners):
+        trainset.variants.setdefault(owner, []).append(n_base + j)
+    return trainset, offsets
