@@ -268,3 +268,11 @@ def test_cal_with_dlcr_variants_and_refinement(tmp_path):
     assert [e["variant_fraction"] for e in log] == [0.25, 0.5]
     results = json.loads((out / "metrics.json").read_text())["results"]
     assert set(results) == {"same_clothes", "clothes_changing", "clothes_changing_refined"}
+
+
+def test_agw_schedule_warms_up_then_steps_down():
+    from factory.reid.train import lr_factor
+
+    factors = [lr_factor(e, warmup_epochs=10, milestones=[20, 50]) for e in (0, 4, 9, 10, 19, 20, 49, 50, 80)]
+    np.testing.assert_allclose(factors, [0.1, 0.5, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor(3, warmup_epochs=0, milestones=[]) == 1.0

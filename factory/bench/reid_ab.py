@@ -2,12 +2,13 @@
 
     python -m factory.bench.reid_ab --run runs/demo                      # a factory run
     python -m factory.bench.reid_ab --oracle-identities 48               # a perfect generator
-    python -m factory.bench.reid_ab --dataset world://sysu?identities=64&seed=0 --seeds 0 1 2 --epochs 30
+    python -m factory.bench.reid_ab --dataset 'world://sysu?identities=100&seed=0' --seeds 0 1 2 --epochs 30
 
 Both arms train the same architecture with the same seed (so the same backbone
 initialisation: the classifier, built last, is the only part whose shape differs), the
 same number of steps (batches per epoch fixed to the real-only arm's) and the same
-evaluation (the dataset's protocol; SYSU all-search, 10 galleries). The run's
+evaluation (the dataset's protocol; SYSU all-search, 10 galleries). An `init` row
+(the same seed's network, untrained) shows how far training moved it at all. The run's
 identities join as new classes with new camera ids, as DiVE mixes them.
 
 `--oracle-identities N` writes a run of N people rendered from another world seed
@@ -31,13 +32,13 @@ from factory.reid.data import build_trainset
 from factory.reid.evaluate import evaluate_model
 from factory.reid.sampler import IdentitySampler
 from factory.reid.spec import EvaluationSpec, MixSpec, ModelSpec, RunSource, TrainSpec
-from factory.reid.train import train_model
+from factory.reid.train import build_reid_model, train_model
 from factory.world.run_writer import write_demo_run
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="world://sysu?identities=64&seed=0")
+    parser.add_argument("--dataset", default="world://sysu?identities=100&seed=0")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="run URI whose identities are added (arm B)")
     source.add_argument("--oracle-identities", type=int, help="render this many new people as the run (arm B)")
@@ -49,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--p", type=int, default=4)
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--height", type=int, default=128, help="the world's native size; 64x32 learns far less")
+    parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--synthetic-share", type=float, default=None, help="default: plain concatenation")
     args = parser.parse_args(argv)
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         if run is None:
             run = str(Path(tmp) / "oracle")
             write_demo_run(run, shards=args.oracle_identities, identities_per_shard=1,
-                           images_per_identity=args.oracle_pairs, size=(size[1] * 2, size[0] * 2), world_seed=9_999)
+                           images_per_identity=args.oracle_pairs, world_seed=9_999)
         real, _ = build_trainset(splits["train"], splits.root, [], MixSpec(), size)
         mixed, offsets = build_trainset(splits["train"], splits.root, [RunSource(uri=run)],
                                         MixSpec(synthetic_share=args.synthetic_share), size)
@@ -74,8 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"dataset {args.dataset}: {real.summary()['identities']} real identities; run adds "
           f"{mixed.summary()['synthetic_identities']} identities / {mixed.summary()['synthetic_images']} images "
           f"(offsets {offsets}); {args.arch} {args.preset} {size[0]}x{size[1]}, {args.epochs} epochs x {steps} batches")
-    scores: dict[str, list[dict]] = {arm: [] for arm in arms}
+    scores: dict[str, list[dict]] = {arm: [] for arm in ("init", *arms)}
     for seed in args.seeds:
+        torch.manual_seed(seed)
+        untrained = build_reid_model(model, 1).eval()
+        scores["init"].append(next(iter(evaluate_model(untrained, splits, size, evaluation)["results"].values())))
+        print(f"seed {seed} {'init':9s} mAP {scores['init'][-1]['mAP']:.4f} rank1 {scores['init'][-1]['rank1']:.4f}")
         for arm, trainset in arms.items():
             started = time.monotonic()
             trained = train_model(trainset, model, train, seed=seed, synthetic_share=args.synthetic_share if arm != "real" else None)

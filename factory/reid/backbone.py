@@ -182,8 +182,12 @@ class TwoStreamResNet(nn.Module):
         self.pooling = pooling
         self.bottleneck = nn.BatchNorm1d(self.pool_dim)
         self.bottleneck.bias.requires_grad_(False)  # BNNeck: frozen (zero) bias
-        self.classifier = nn.Linear(self.pool_dim, num_classes, bias=False)
+        # The backbone is initialised before the classifier exists, so for one torch seed it
+        # is the same whatever the number of classes (A/B runs with and without extra
+        # identities start from the same network).
         self._init_weights()
+        self.classifier = nn.Linear(self.pool_dim, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -197,7 +201,6 @@ class TwoStreamResNet(nn.Module):
                 nn.init.zeros_(nl.W[1].bias)
         nn.init.ones_(self.bottleneck.weight)
         nn.init.zeros_(self.bottleneck.bias)
-        nn.init.normal_(self.classifier.weight, std=0.001)
 
     @property
     def shared(self) -> nn.ModuleList:

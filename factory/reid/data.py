@@ -169,7 +169,7 @@ def variant_part(uri: str, names: Sequence[str], size: tuple[int, int]) -> tuple
         example = next(iter(parent_of.values()), None)
         raise ReidDataError(
             f"{uri}: none of its {len(rows)} images names a training image as parent "
-            f"(e.g. {example!r}, training images look like {names[0]!r} if any)"
+            f"(e.g. {example!r}; training images are named like {names[0]!r})"
             if names else f"{uri}: variants need real training images to attach to (data.use_real)"
         )
     found = []

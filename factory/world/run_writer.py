@@ -76,6 +76,7 @@ def write_demo_run(
     images_per_identity: int = 2,
     storage: Storage | None = None,
     world_seed: int = 0,
+    size: tuple[int, int] = (64, 128),
 ) -> None:
     """A committed run of `shards` × `identities_per_shard` identities, `images_per_identity` RGB–IR pairs each."""
     storage = storage or storage_for(run_uri)
@@ -86,7 +87,7 @@ def write_demo_run(
     start = time.perf_counter()
     for shard in range(shards):
         write_demo_shard(run_uri, shard, run_id=info.run_id, identities_per_shard=identities_per_shard,
-                         images_per_identity=images_per_identity, storage=storage, world_seed=world_seed)
+                         images_per_identity=images_per_identity, storage=storage, world_seed=world_seed, size=size)
     seconds = time.perf_counter() - start
     images = shards * identities_per_shard * images_per_identity * 2
     write_success(run_uri, {"shards": shards, "images": images, "seconds": round(seconds, 3),
