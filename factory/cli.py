@@ -129,6 +129,56 @@ def generate(
 
 
 @app.command()
+def inpaint(
+    spec: Path = typer.Argument(..., help="Inpainting spec (YAML); see jobs/specs/inpaint-demo.yaml."),
+    out: str = typer.Option(None, "--out", help="Run URI, overriding the spec's output."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a run: make only its uncommitted shards."),
+    force: bool = typer.Option(False, "--force", help="With --resume: accept a spec that differs from the run's."),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster address (as for generate); 'local' always starts a new one."
+    ),
+    local: bool = typer.Option(False, "--local", help="Run in this process without Ray (one actor)."),
+) -> None:
+    """DLCR clothes-changing expansion on Ray into WebDataset shards + manifest.
+
+    Each source image is parsed into a clothing mask (a segmentation model, precomputed
+    LIP label maps or the procedural world's), dressed in K outfits of other identities
+    (prompts from a VLM + LLM, cached per outfit, or from attribute descriptions) by SD
+    inpainting, and its own pixels are pasted back outside the mask. A variant keeps the
+    identity, takes the target outfit's clothes id and names its source in `parent`.
+    Unreadable source images are skipped and listed in RUN/skipped/. Interrupted? Run the
+    same command with --resume.
+    """
+    _quiet_model_libraries()
+    from factory.dlcr.run import inpaint as run_inpaint
+    from factory.dlcr.spec import InpaintSpec
+    from factory.specs import load_spec
+
+    parsed = load_spec(spec, InpaintSpec, output=out)
+    with _progress(images=True) as progress:
+        task = progress.add_task(f"inpainting {parsed.run_id}", total=None)
+        summary = run_inpaint(
+            parsed,
+            resume=resume,
+            force=force,
+            use_ray=not local,
+            address=address,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    rate = summary["generated_images_per_s"]
+    speed = f", {rate:.2f} images/s" if rate else ""
+    print(
+        f"{parsed.output}: {summary['shards_made']} of {summary['shards']} shards made, "
+        f"{summary['generated_images']} variants of {summary['source_images']} source images in "
+        f"{summary['seconds']:.1f} s{speed}"
+    )
+    for skipped in summary["skipped"]:
+        err.print(f"skipped {skipped['source']}: {skipped['reason']}", markup=False, highlight=False, soft_wrap=True)
+    if summary["skipped_sources"]:
+        err.print(f"{summary['skipped_sources']} source images skipped (listed in {parsed.output}/skipped/)", markup=False)
+
+
+@app.command()
 def finetune(
     spec: Path = typer.Argument(..., help="Fine-tuning spec (YAML); see jobs/specs/finetune-demo.yaml."),
     out: str = typer.Option(None, "--out", help="Output folder, overriding the spec's output."),

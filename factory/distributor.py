@@ -1,10 +1,14 @@
-"""Where generation tasks run: Ray actor pools per modality, or this process.
+"""Where tasks run: Ray actor pools per modality, or this process.
 
 The driver keeps the queue; a pool leases each task to one idle actor and hands back
 outcomes. A lease ends when the actor answers, when it dies (Ray restarts it: the
 constructor runs again and the pipeline is reloaded) or when the task outlives its
 timeout (the actor is killed and restarted, REFERENCE.md §10's tail hangs). In every
-failure the task goes back to the queue; the driver bounds its attempts.
+failure the task goes back to the queue; the driver bounds its attempts. A task that
+raised a `FactoryError` (bad input: a retry would fail the same way) comes back fatal.
+
+The actors are plain classes with `ready()` and `process(task)`: the generation actor
+by default, DLCR's inpainting actor for `factory inpaint`.
 """
 
 from __future__ import annotations
@@ -13,29 +17,35 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from factory.errors import FactoryError
-from factory.generator_actor import ActorConfig, GeneratorActor
+from factory.generator_actor import GeneratorActor
 from factory.specs import ResourcesSpec
-from factory.tasks import GenerationTask, TaskResult
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "reid-factory"
 
 
+class Task(Protocol):
+    task_id: str
+    shard: int
+    modality: str  # which of the pool's actor groups takes it
+
+
 @dataclass(frozen=True)
 class Outcome:
-    task: GenerationTask
-    result: TaskResult | None = None
+    task: Task
+    result: Any = None
     error: str | None = None
+    fatal: bool = False  # the task's input is bad: re-queueing it would fail again
 
 
 class Pool(Protocol):
     def free_slots(self, modality: str) -> int: ...
 
-    def submit(self, task: GenerationTask) -> None: ...
+    def submit(self, task: Task) -> None: ...
 
     def wait(self, timeout: float) -> list[Outcome]:
         """Outcomes of tasks that ended since the last call; blocks up to `timeout` for one."""
@@ -46,14 +56,14 @@ class Pool(Protocol):
 class LocalPool:
     """One actor per modality in this process, one task at a time: no Ray needed."""
 
-    def __init__(self, configs: dict[str, ActorConfig]) -> None:
-        self.actors = {modality: GeneratorActor(config) for modality, config in configs.items()}
-        self.pending: list[GenerationTask] = []
+    def __init__(self, configs: dict[str, Any], actor_cls: type = GeneratorActor) -> None:
+        self.actors = {modality: actor_cls(config) for modality, config in configs.items()}
+        self.pending: list[Task] = []
 
     def free_slots(self, modality: str) -> int:
         return 0 if self.pending else 1
 
-    def submit(self, task: GenerationTask) -> None:
+    def submit(self, task: Task) -> None:
         self.pending.append(task)
 
     def wait(self, timeout: float) -> list[Outcome]:
@@ -64,6 +74,8 @@ class LocalPool:
             task = self.pending.pop()
             try:
                 outcomes.append(Outcome(task, result=self.actors[task.modality].process(task)))
+            except FactoryError as e:
+                outcomes.append(Outcome(task, error=str(e), fatal=True))
             except Exception as e:  # noqa: BLE001 - reported as the task's failure and retried
                 log.warning("task %s failed: %s", task.task_id, e)
                 outcomes.append(Outcome(task, error=f"{type(e).__name__}: {e}"))
@@ -75,7 +87,7 @@ class LocalPool:
 
 @dataclass
 class _Lease:
-    task: GenerationTask
+    task: Task
     actor: int
     started: float
 
@@ -84,18 +96,26 @@ class RayPool:
     """`counts[modality]` Ray actors per modality; each holds one lease at a time."""
 
     def __init__(
-        self, configs: dict[str, ActorConfig], counts: dict[str, int], resources: ResourcesSpec, run_id: str
+        self,
+        configs: dict[str, Any],
+        counts: dict[str, int],
+        resources: ResourcesSpec,
+        run_id: str,
+        *,
+        actor_cls: type = GeneratorActor,
+        role: str = "generate",
     ) -> None:
         import ray
 
         self._ray = ray
-        remote = ray.remote(GeneratorActor)
+        self.role = role
+        remote = ray.remote(actor_cls)
         self.timeout_s = resources.task_timeout_s
         self.actors: dict[str, list] = {}
         for modality, config in configs.items():
             self.actors[modality] = [
                 remote.options(
-                    name=f"generate-{run_id}-{modality}-{i}",
+                    name=f"{role}-{run_id}-{modality}-{i}",
                     namespace=NAMESPACE,
                     num_cpus=resources.cpus_per_actor,
                     num_gpus=resources.gpus_per_actor,
@@ -119,7 +139,7 @@ class RayPool:
     def free_slots(self, modality: str) -> int:
         return len(self.idle[modality])
 
-    def submit(self, task: GenerationTask) -> None:
+    def submit(self, task: Task) -> None:
         actor = self.idle[task.modality].popleft()
         ref = self.actors[task.modality][actor].process.remote(task)
         self.leases[ref] = _Lease(task, actor, time.monotonic())
@@ -143,7 +163,10 @@ class RayPool:
                 outcomes.append(Outcome(lease.task, error=f"actor died ({type(e).__name__})"))
                 self._load(lease.task.modality, lease.actor)  # Ray restarts it; use it once loaded
             except ray.exceptions.RayTaskError as e:
-                outcomes.append(Outcome(lease.task, error=str(e.cause if e.cause else e).splitlines()[0]))
+                cause = e.cause if e.cause else e
+                outcomes.append(
+                    Outcome(lease.task, error=str(cause).splitlines()[0], fatal=isinstance(cause, FactoryError))
+                )
                 self.idle[lease.task.modality].append(lease.actor)
         self._kill_overdue()
         return outcomes
@@ -158,7 +181,7 @@ class RayPool:
         except self._ray.exceptions.RayTaskError as e:
             # Loading is deterministic: a model that failed to load once will fail again.
             cause = str(e.cause if e.cause else e).splitlines()[0]
-            raise FactoryError(f"{modality} generator could not load its model: {cause}") from None
+            raise FactoryError(f"{self.role} actor ({modality}) could not load its model: {cause}") from None
         self.idle[modality].append(actor)
 
     def _kill_overdue(self) -> None:

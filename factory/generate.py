@@ -18,12 +18,9 @@ was never interrupted.
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from functools import partial
 
 from factory.distributor import NAMESPACE, LocalPool, Pool, RayPool
 from factory.errors import FactoryError
@@ -32,6 +29,7 @@ from factory.identities import resolve_identities
 from factory.models.presets import preset_path
 from factory.models.reference import ModelRef, existing_file
 from factory.pair_writer import write_pair_shard
+from factory.scheduler import run_shards
 from factory.specs import MODALITIES, GenerateSpec
 from factory.storage import storage_for
 from factory.tasks import GenerationTask, ShardPlan, TaskResult, plan_shards, shard_tasks
@@ -39,17 +37,7 @@ from manifests.errors import RunNotFound
 from manifests.resume import plan_resume
 from manifests.run_info import RunInfo, read_run_info, read_success, write_run_info, write_success
 
-log = logging.getLogger(__name__)
-
 Progress = Callable[[int, int], None]  # (images done, images planned this session)
-
-
-@dataclass
-class _OpenShard:
-    plan: ShardPlan
-    tasks_left: int
-    results: list[TaskResult] = field(default_factory=list)
-    commit: Future | None = None
 
 
 def _check_models(spec: GenerateSpec) -> dict[str, str]:
@@ -138,7 +126,14 @@ def generate(
     if todo:
         pool = _pool(spec, use_ray, address)
         try:
-            _run_shards(spec, [plans[i] for i in todo], pool, fingerprints, count)
+            run_shards(
+                [plans[i] for i in todo],
+                pool,
+                spec.resources,
+                tasks_for=lambda plan: [t for m in fingerprints for t in _tasks(spec, plan, m)],
+                commit=partial(_commit, spec, fingerprints),
+                on_result=lambda result: count(len(result.images)),
+            )
         finally:
             pool.close()
     seconds = time.perf_counter() - start
@@ -161,65 +156,11 @@ def _tasks(spec: GenerateSpec, plan: ShardPlan, modality: str) -> list[Generatio
     return shard_tasks(plan, modality, side.cameras, spec.images_per_identity, spec.seed, spec.images_per_task)
 
 
-def _run_shards(
-    spec: GenerateSpec,
-    plans: list[ShardPlan],
-    pool: Pool,
-    fingerprints: dict[str, str],
-    on_images: Callable[[int], None],
-) -> None:
-    """Generate and commit `plans`, calling `on_images(n)` as task results arrive."""
-    waiting = deque(plans)
-    open_shards: dict[int, _OpenShard] = {}
-    queues: dict[str, deque[GenerationTask]] = {m: deque() for m in fingerprints}
-    attempts: dict[str, int] = {}
-    limits = spec.resources
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-writer") as writers:
-        while waiting or open_shards:
-            while waiting and len(open_shards) < limits.max_shards_in_flight:
-                plan = waiting.popleft()
-                tasks = [t for m in fingerprints for t in _tasks(spec, plan, m)]
-                open_shards[plan.shard] = _OpenShard(plan, len(tasks))
-                for task in tasks:
-                    queues[task.modality].append(task)
-                if not tasks:
-                    open_shards[plan.shard].commit = _commit(writers, spec, open_shards[plan.shard], fingerprints)
-
-            for modality, queue in queues.items():
-                while queue and pool.free_slots(modality):
-                    pool.submit(queue.popleft())
-
-            for outcome in pool.wait(timeout=0.5):
-                task = outcome.task
-                if outcome.result is not None:
-                    on_images(len(outcome.result.images))
-                    shard = open_shards[task.shard]
-                    shard.results.append(outcome.result)
-                    shard.tasks_left -= 1
-                    if shard.tasks_left == 0:
-                        shard.commit = _commit(writers, spec, shard, fingerprints)
-                    continue
-                attempts[task.task_id] = attempts.get(task.task_id, 0) + 1
-                if attempts[task.task_id] >= limits.max_task_attempts:
-                    raise FactoryError(
-                        f"task {task.task_id} failed {attempts[task.task_id]} times, last: {outcome.error}; "
-                        "committed shards are kept, rerun with --resume"
-                    )
-                log.warning("task %s failed (%s); re-queued", task.task_id, outcome.error)
-                queues[task.modality].appendleft(task)
-
-            for index, shard in list(open_shards.items()):
-                if shard.commit is not None and shard.commit.done():
-                    shard.commit.result()  # a failed commit stops the run: nothing is half-committed
-                    del open_shards[index]
-
-
-def _commit(writers: ThreadPoolExecutor, spec: GenerateSpec, shard: _OpenShard, fingerprints: dict[str, str]) -> Future:
-    return writers.submit(
-        write_pair_shard,
+def _commit(spec: GenerateSpec, fingerprints: dict[str, str], plan: ShardPlan, results: list[TaskResult]) -> int:
+    return write_pair_shard(
         spec.output,
-        shard.plan,
-        shard.results,
+        plan,
+        results,
         run_id=spec.run_id,
         images_per_identity=spec.images_per_identity,
         image_format=spec.sampler.image_format,

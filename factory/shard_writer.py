@@ -163,11 +163,15 @@ class ShardWriter:
         )
         return row
 
-    def commit(self) -> CommitResult:
-        """Store the tar, then the fragment. Raises (and commits nothing) on any failure."""
+    def commit(self, *, allow_empty: bool = False) -> CommitResult:
+        """Store the tar, then the fragment. Raises (and commits nothing) on any failure.
+
+        `allow_empty`: commit a shard with no samples (an inpainting shard whose every
+        source image was skipped), so that resume does not redo it forever.
+        """
         if self._done:
             raise RuntimeError("shard already committed or closed")
-        if not self._keys:
+        if not self._keys and not allow_empty:
             raise ValueError(f"shard {self.shard} has no samples")
         self._tar.close()
         self._out.close()

@@ -4,6 +4,10 @@
 `sd15` has SD 1.5's architecture and therefore its compute, for GPU benchmarks. Both are
 built deterministically (seed 0), so a preset name plus `PRESET_VERSION` identifies the
 weights exactly; bump the version whenever anything here changes the bytes.
+
+Each also comes as an inpainting pipeline (`inpainting=True`, for DLCR): the same
+architecture with SD 1.5 inpainting's 9-channel UNet input (noisy latents, the mask and
+the masked image's latents), cached in its own folder.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    PNDMScheduler,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from factory.errors import FactoryError
@@ -67,7 +77,7 @@ _ARCHITECTURES = {
 PRESETS = tuple(_ARCHITECTURES)  # the names ModelRef.preset accepts
 
 
-def preset_configs(name: str, tokenizer: CLIPTokenizer) -> dict[str, dict]:
+def preset_configs(name: str, tokenizer: CLIPTokenizer, *, inpainting: bool = False) -> dict[str, dict]:
     """Constructor arguments of the preset's UNet, VAE and text encoder (`CLIPTextConfig` kwargs).
 
     Separate from building so the architecture can be checked on the meta device.
@@ -78,7 +88,7 @@ def preset_configs(name: str, tokenizer: CLIPTokenizer) -> dict[str, dict]:
     blocks = len(arch["vae"]["block_out_channels"])
     vocab = tokenizer.get_vocab()
     return dict(
-        unet=dict(in_channels=4, out_channels=4, **arch["unet"]),
+        unet=dict(in_channels=9 if inpainting else 4, out_channels=4, **arch["unet"]),
         vae=dict(
             latent_channels=4,
             down_block_types=("DownEncoderBlock2D",) * blocks,
@@ -97,15 +107,16 @@ def preset_configs(name: str, tokenizer: CLIPTokenizer) -> dict[str, dict]:
     )
 
 
-def build_preset(name: str, out_dir: Path) -> Path:
+def build_preset(name: str, out_dir: Path, *, inpainting: bool = False) -> Path:
     """Build preset `name` and save it as a diffusers folder at `out_dir`; same bytes every time."""
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_clip_tokenizer(Path(tmp))
-    configs = preset_configs(name, tokenizer)
+    configs = preset_configs(name, tokenizer, inpainting=inpainting)
+    pipeline = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
     with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
         torch.manual_seed(0)
-        pipe = StableDiffusionPipeline(
+        pipe = pipeline(
             unet=UNet2DConditionModel(**configs["unet"]),
             vae=AutoencoderKL(**configs["vae"]),
             text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text"])),
@@ -119,7 +130,7 @@ def build_preset(name: str, out_dir: Path) -> Path:
     return out_dir
 
 
-def preset_path(name: str, cache_dir: Path | None = None) -> Path:
+def preset_path(name: str, cache_dir: Path | None = None, *, inpainting: bool = False) -> Path:
     """The cached folder of preset `name`, built on first use.
 
     It is built in a hidden sibling and renamed into place, so nobody sees a half-written
@@ -127,13 +138,14 @@ def preset_path(name: str, cache_dir: Path | None = None) -> Path:
     """
     if name not in _ARCHITECTURES:
         raise FactoryError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
-    folder = (cache_dir or default_cache_dir()) / "models" / f"{name}-v{PRESET_VERSION}"
+    kind = f"{name}-inpainting" if inpainting else name
+    folder = (cache_dir or default_cache_dir()) / "models" / f"{kind}-v{PRESET_VERSION}"
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        build_preset(name, staging)
+        build_preset(name, staging, inpainting=inpainting)
         os.replace(staging, folder)
     except OSError:
         if not (folder / "model_index.json").is_file():  # not just another worker winning the race

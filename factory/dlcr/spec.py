@@ -1,0 +1,153 @@
+"""The `factory inpaint` job spec: a YAML file validated before any work (like `GenerateSpec`).
+
+Defaults are DLCR's (REFERENCE.md §3): LIP clothing labels, no dilation, DDIM with 50
+steps, guidance 7.5, strength 1, eta 0, 768×256 (H×W), batches of 5, 10 variants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from factory.models.reference import folder_digest, resolve_model_path
+from factory.specs import ResourcesSpec, Strict
+
+
+class InpaintModelRef(Strict):
+    """An SD inpainting model (9-channel UNet): the `tiny`/`sd15` preset or a local diffusers folder.
+
+    DLCR inpaints without fine-tuning, so there is no LoRA or identity bank here.
+    """
+
+    preset: Literal["tiny", "sd15"] | None = None
+    path: str | None = Field(None, description="local diffusers folder, or a hub id already in the local HF cache")
+
+    @model_validator(mode="after")
+    def _one_base(self) -> InpaintModelRef:
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("give exactly one of preset or path")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hashes contents, not paths (see `factory.models.reference`)."""
+        if self.preset is not None:
+            from factory.models.presets import PRESET_VERSION
+
+            base = f"preset:{self.preset}-inpainting:v{PRESET_VERSION}"
+        else:
+            base = f"folder:{folder_digest(resolve_model_path(self.path))}"
+        return hashlib.sha256(json.dumps({"base": base}).encode()).hexdigest()
+
+
+class SourceSpec(Strict):
+    """The real images to expand: one split of a dataset (a folder + layout, or a world:// URI)."""
+
+    dataset: str
+    layout: str | None = None
+    split: str = "train"
+    identities: int | None = Field(None, ge=1, description="only the first N identities (by pid)")
+    images_per_identity: int | None = Field(None, ge=1, description="only each identity's first N images (by path)")
+
+
+class MaskSpec(Strict):
+    """Where each image's human parsing comes from, and which labels are clothes.
+
+    world: the procedural world's ground-truth LIP maps (DATASET/world/parsing/<image>.png).
+    folder: precomputed LIP label maps, one PNG per image under `path` at the image's
+      path relative to the dataset root (as SCHP's simple_extractor writes them).
+    model: a transformers semantic-segmentation model in the local folder `path`
+      (e.g. a SegFormer clothes parser); clothes are read from its label names.
+    """
+
+    source: Literal["world", "folder", "model"] = "world"
+    path: str | None = None
+    clothes_labels: list[int] | None = Field(
+        None, min_length=1, description="label ids to inpaint (default: DLCR's rule, or the model's clothing names)"
+    )
+    dilation: int = Field(0, ge=0, description="grow the mask by this many pixels (DLCR: none)")
+
+    @model_validator(mode="after")
+    def _path_for_source(self) -> MaskSpec:
+        if self.source != "world" and not self.path:
+            raise ValueError(f"masks.source {self.source!r} needs path")
+        return self
+
+
+class DescriberSpec(Strict):
+    """DLCR's descriptions (REFERENCE.md §3.2): a VLM per image, an LLM per outfit."""
+
+    vlm: str = Field(description="local folder of a transformers image-text-to-text model (LLaVA-style)")
+    llm: str = Field(description="local folder of a transformers text-generation model")
+    question: str = "What clothes is the person wearing?"
+    instruction: str = "Extract the clothing items from the following text: {text}"
+    words: int = Field(200, ge=1, description="the LLM sees the first N words of an outfit's answers")
+    images_per_outfit: int | None = Field(None, ge=1, description="ask about only the first N images (DLCR: all)")
+    vlm_max_new_tokens: int = Field(1024, ge=1)
+    vlm_temperature: float = Field(0.2, ge=0, description="0: greedy")
+    llm_max_new_tokens: int = Field(512, ge=1)
+    llm_temperature: float = Field(0.6, ge=0)
+    llm_top_p: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _instruction_has_text(self) -> DescriberSpec:
+        if "{text}" not in self.instruction:
+            raise ValueError("instruction must contain {text}")
+        return self
+
+
+class WardrobeSpec(Strict):
+    """The outfits that source images are dressed in, one prompt each.
+
+    world: the procedural world's attribute descriptions (DATASET/world/annotations.jsonl).
+    file: a wardrobe file (`path`: .parquet as the run writes it, or .jsonl with outfit, identity, items).
+    model: described by `describer`; answers are cached by outfit id in `cache`
+      (default: the run's wardrobe.parquet), so a rerun never asks twice.
+    """
+
+    source: Literal["world", "file", "model"] = "world"
+    path: str | None = None
+    describer: DescriberSpec | None = None
+    cache: str | None = Field(None, description="wardrobe cache URI (.parquet, local or s3://)")
+
+    @model_validator(mode="after")
+    def _fields_for_source(self) -> WardrobeSpec:
+        if self.source == "file" and not self.path:
+            raise ValueError("wardrobe.source 'file' needs path")
+        if self.source == "model" and self.describer is None:
+            raise ValueError("wardrobe.source 'model' needs describer: {vlm, llm}")
+        return self
+
+
+class InpaintSamplerSpec(Strict):
+    scheduler: Literal["ddim", "dpm++", "euler_a"] = "ddim"
+    steps: int = Field(50, ge=1, le=1000)
+    guidance: float = Field(7.5, ge=0)
+    strength: float = Field(1.0, gt=0, le=1)
+    eta: float = Field(0.0, ge=0, description="DDIM's eta")
+    width: int = Field(256, ge=8, multiple_of=8)
+    height: int = Field(768, ge=8, multiple_of=8)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: float16 on GPU")
+    batch_size: int = Field(5, ge=1, description="variants per pipeline call")
+
+
+class InpaintSpec(Strict):
+    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    output: str = Field(description="run URI: a local folder or s3://bucket/prefix")
+    seed: int = 0
+    model: InpaintModelRef
+    source: SourceSpec
+    masks: MaskSpec = MaskSpec()
+    wardrobe: WardrobeSpec = WardrobeSpec()
+    variants: int = Field(10, ge=1, description="inpainted variants per source image")
+    identities_per_shard: int = Field(16, ge=1)
+    sources_per_task: int = Field(4, ge=1, description="source images per actor task (all their variants)")
+    actors: int = Field(1, ge=1, description="inpainting actors")
+    sampler: InpaintSamplerSpec = InpaintSamplerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    def content(self) -> dict[str, Any]:
+        """What decides the output bytes: the spec less where it goes and how it is scheduled."""
+        return self.model_dump(mode="json", exclude={"output", "resources", "actors"})

@@ -1,0 +1,348 @@
+"""`factory inpaint` on a local Ray with the tiny inpainting preset and a PRCC-like world.
+
+The world's ground-truth LIP maps are the masks and its attribute descriptions the
+wardrobe, so the semantics can be checked exactly: outside the clothing mask every
+variant is its source image, pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from diffusers import UNet2DConditionModel
+from helpers import run_cli, tar_members
+from PIL import Image
+from tiny_hf import build_llm, build_segformer, build_vlm
+
+from factory.datasets import load_dataset
+from factory.distributor import NAMESPACE
+from factory.dlcr.inpainter import Inpainter, paste_back
+from factory.dlcr.masks import LabelRule, clothes_mask
+from factory.dlcr.run import build_wardrobe, inpaint
+from factory.dlcr.spec import InpaintModelRef, InpaintSpec
+from factory.dlcr.tasks import InpaintResult, ShardPlan, Skipped
+from factory.dlcr.wardrobe import Wardrobe
+from factory.dlcr.writer import read_skipped, skipped_uri, write_inpaint_shard
+from factory.errors import FactoryError
+from factory.models.presets import build_preset, preset_configs, preset_path
+from factory.models.reference import folder_digest
+from factory.models.tokenizer import build_clip_tokenizer
+from factory.specs import load_spec
+from manifests import Run, RunInfo, verify_run, write_run_info
+
+WORLD = "world://prcc?identities=8&seed=0"
+IDENTITIES, IMAGES, VARIANTS = 4, 2, 2  # 4 shards of 1 identity, 2 source images each, 2 variants per image
+SPEC = {
+    "run_id": "test",
+    "seed": 5,
+    "model": {"preset": "tiny"},
+    "source": {"dataset": WORLD, "identities": IDENTITIES, "images_per_identity": IMAGES},
+    "variants": VARIANTS,
+    "identities_per_shard": 1,
+    "sources_per_task": 1,
+    "actors": 2,
+    "sampler": {"steps": 3, "width": 32, "height": 64, "batch_size": 2},
+    "resources": {"cpus_per_actor": 0.5, "max_shards_in_flight": 1},
+}
+
+
+def make_spec(output: str, **changes) -> InpaintSpec:
+    return InpaintSpec.model_validate({**SPEC, "output": output, **changes})
+
+
+def write_spec(path: Path, output: str, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**SPEC, "output": output, **changes}))
+    return path
+
+
+def tar_bytes(run_uri: str) -> list[bytes]:
+    run = Run(run_uri)
+    return [run.storage.get_bytes(uri) for uri in run.shard_uris()]
+
+
+def variants(run_uri: str) -> list[tuple[dict, np.ndarray]]:
+    """(manifest row, decoded pixels) of every variant."""
+    run = Run(run_uri)
+    out = []
+    for row in run.table().to_pylist():
+        data = run.storage.get_range(row["shard_uri"], row["offset"], row["nbytes"])
+        with Image.open(io.BytesIO(data)) as image:
+            out.append((row, np.asarray(image.convert("RGB"))))
+    return out
+
+
+def world_copy(world, tmp_path: Path) -> Path:
+    """A writable copy of the world's folder, to break on purpose."""
+    return Path(shutil.copytree(world.root, tmp_path / "prcc-copy"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def model_cache(tmp_path_factory):
+    """One preset and world cache for the module (and the subprocesses it starts)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FACTORY_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def world(model_cache):
+    return load_dataset(WORLD)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_session, tmp_path_factory):
+    """An uninterrupted run on Ray with 2 actors: what every other run must equal."""
+    out = str(tmp_path_factory.mktemp("reference") / "run")
+    summary = inpaint(make_spec(out))
+    assert summary["shards_made"] == IDENTITIES and summary["skipped_sources"] == 0
+    return out
+
+
+def test_outside_the_mask_every_variant_is_its_source_bit_for_bit(reference_run, world):
+    made = variants(reference_run)
+    assert len(made) == IDENTITIES * IMAGES * VARIANTS
+    for row, pixels in made:
+        source = world.root / row["parent"]
+        with Image.open(source) as image:
+            original = np.asarray(image.convert("RGB"))
+        with Image.open((world.root / "world" / "parsing" / row["parent"]).with_suffix(".png")) as labels:
+            mask = clothes_mask(np.asarray(labels), LabelRule())
+        assert pixels.shape == original.shape  # pasted back at native resolution
+        assert np.array_equal(pixels[~mask], original[~mask]), row["key"]
+        assert not np.array_equal(pixels[mask], original[mask]), row["key"]  # the clothes did change
+
+
+def test_variants_keep_the_identity_and_wear_another_identitys_clothes(reference_run, world):
+    run = Run(reference_run)
+    by_path = {r.path.relative_to(world.root).as_posix(): r for r in world["train"]}
+    per_parent: dict[str, list[dict]] = {}
+    for row in run.table().to_pylist():
+        parent = by_path[row["parent"]]
+        per_parent.setdefault(row["parent"], []).append(row)
+        assert row["identity"] == parent.identity and row["source_identity"] == {
+            "dataset": "prcc",
+            "pid": parent.identity,
+        }
+        assert row["clothes"] != parent.clothes and not row["clothes"].startswith(f"{parent.identity}_")
+        assert row["origin"] == "synthetic" and row["member"].endswith(".rgb.png") and row["prompt"]
+    assert len(per_parent) == IDENTITIES * IMAGES and {len(v) for v in per_parent.values()} == {VARIANTS}
+    seeds = [row["seed"] for rows in per_parent.values() for row in rows]
+    assert len(set(seeds)) == len(seeds)
+    wardrobe = {o["outfit"]: o for o in pq.read_table(f"{reference_run}/wardrobe.parquet").to_pylist()}
+    docs = {name: json.loads(data) for name, data in tar_members(run.shard_uris()[0]) if name.endswith(".json")}
+    for rows in per_parent.values():
+        for row in rows:
+            assert wardrobe[row["clothes"]]["prompt"] == row["prompt"]
+            if row["shard"] == 0:  # the sample's json records its target and source outfit
+                doc = docs[f"{row['key']}.json"]
+                assert doc["target"] == {
+                    "outfit": row["clothes"],
+                    "identity": wardrobe[row["clothes"]]["identity"],
+                    "prompt": row["prompt"],
+                }
+                assert doc["source_outfit"] == by_path[row["parent"]].clothes
+    assert verify_run(reference_run).ok()
+
+
+def test_same_spec_in_process_gives_the_same_bytes(reference_run, tmp_path):
+    again = str(tmp_path / "again")
+    inpaint(make_spec(again, run_id="again"), use_ray=False)
+    assert tar_bytes(again) == tar_bytes(reference_run)
+
+
+def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, tmp_path):
+    out = str(tmp_path / "run")
+    spec = write_spec(tmp_path / "spec.yaml", out, run_id="killed")
+    driver = subprocess.Popen(
+        [str(Path(sys.executable).with_name("factory")), "inpaint", str(spec), "--address", "local"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill takes its local Ray along
+    )
+    fragments = Path(out) / "manifest"
+    deadline = time.monotonic() + 240
+    while not any(fragments.glob("*.parquet")):  # not a temp file still being written
+        assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed"
+        assert time.monotonic() < deadline, "no shard committed in time"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    committed = len(Run(out).listing().committed)
+    assert 1 <= committed < IDENTITIES
+
+    summary = inpaint(make_spec(out, run_id="killed"), resume=True)
+
+    assert summary["shards_made"] == IDENTITIES - committed and summary["resumed"]
+    assert tar_bytes(out) == tar_bytes(reference_run)
+    result = run_cli("verify", out)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr
+    assert inpaint(make_spec(out, run_id="killed"), resume=True) == summary  # finished: nothing redone
+
+
+def test_a_corrupt_source_image_is_skipped_with_its_reason(world, tmp_path):
+    root = world_copy(world, tmp_path)
+    victim = "prcc/rgb/train/002/A_cropped_rgb001.jpg"
+    data = (root / victim).read_bytes()
+    (root / victim).write_bytes(data[: len(data) // 3])  # truncated mid-scan
+    bare = "prcc/rgb/train/003/A_cropped_rgb002.jpg"  # a label map without a clothing pixel: nothing to inpaint
+    Image.new("L", (64, 128)).save((root / "world" / "parsing" / bare).with_suffix(".png"))
+    out = str(tmp_path / "run")
+    spec = write_spec(tmp_path / "s.yaml", out, source={**SPEC["source"], "dataset": str(root), "layout": "prcc"})
+
+    result = run_cli("inpaint", str(spec), "--local")
+
+    assert result.returncode == 0, result.stderr
+    assert f"skipped {victim}: unreadable image" in result.stderr and "2 source images skipped" in result.stderr
+    record = [json.loads(line) for line in Path(skipped_uri(out, 1)).read_text().splitlines()]
+    assert record == [{"identity": 2, "reason": record[0]["reason"], "source": victim}]
+    assert "truncated" in record[0]["reason"]
+    record = [json.loads(line) for line in Path(skipped_uri(out, 2)).read_text().splitlines()]
+    assert record == [{"identity": 3, "reason": "no clothing in its label map", "source": bare}]
+    parents = Run(out).table().column("parent").to_pylist()
+    assert {victim, bare}.isdisjoint(parents) and len(parents) == (IDENTITIES * IMAGES - 2) * VARIANTS
+    assert json.loads(Path(out, "_SUCCESS.json").read_text())["skipped_sources"] == 2
+    assert verify_run(out).ok()
+
+
+def test_a_shard_whose_every_source_was_skipped_is_still_committed(tmp_path):
+    out = str(tmp_path / "run")
+    write_run_info(out, RunInfo.for_spec("empty", {}, total_shards=1))
+    plan = ShardPlan(0, ())
+    skipped = Skipped("prcc/rgb/train/001/A.jpg", 1, "unreadable image: truncated")
+    assert write_inpaint_shard(out, plan, [InpaintResult("t", 0, (), (skipped,))], run_id="empty") == 0
+    run = Run(out)
+    assert run.listing().committed == [0] and len(run.table()) == 0 and verify_run(out).ok()
+    assert read_skipped(run) == [skipped]
+    write_inpaint_shard(out, plan, [InpaintResult("t", 0, (), ())], run_id="empty")  # redone, nothing skipped now
+    assert read_skipped(Run(out)) == []
+
+
+def _fails_with_one_line(result, out: str, expected: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not Path(out, "manifest").exists() or not any(Path(out, "manifest").iterdir())
+
+
+def test_a_label_map_of_the_wrong_size_stops_the_run_with_one_line(ray_session, world, tmp_path):
+    root = world_copy(world, tmp_path)
+    bad = root / "world" / "parsing" / "prcc/rgb/train/001/A_cropped_rgb002.png"
+    Image.new("L", (32, 64)).save(bad)
+    out = str(tmp_path / "run")
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        out,
+        source={**SPEC["source"], "dataset": str(root), "layout": "prcc"},
+        masks={"source": "folder", "path": str(root / "world" / "parsing")},
+    )
+    _fails_with_one_line(run_cli("inpaint", str(spec), "--local"), out, f"label map {bad} is 32x64 but its image")
+    # On Ray too: the actor's error comes back fatal, not retried, with its own message.
+    on_ray = load_spec(spec, InpaintSpec, output=str(tmp_path / "on-ray"), actors=1)
+    with pytest.raises(
+        FactoryError, match=rf"^label map {re.escape(str(bad))} is 32x64 .* \(committed shards are kept\)$"
+    ):
+        inpaint(on_ray)
+
+
+def test_a_parser_whose_labels_name_no_clothing_is_refused_before_any_work(tmp_path):
+    body = build_segformer(tmp_path / "parts", ["background", "head", "torso", "arms", "legs"])
+    out = str(tmp_path / "run")
+    spec = write_spec(tmp_path / "s.yaml", out, masks={"source": "model", "path": str(body)})
+    _fails_with_one_line(run_cli("inpaint", str(spec), "--local"), out, "the parser's labels name no clothing")
+    assert not Path(out, "run.json").exists()
+
+
+def test_a_segmentation_model_parser_runs_end_to_end(world, tmp_path):
+    """Plumbing: a (random) SegFormer's label maps drive the masks; the paste-back rule still holds."""
+    parser = build_segformer(tmp_path / "segformer")
+    out = str(tmp_path / "run")
+    spec = make_spec(
+        out,
+        source={"dataset": WORLD, "identities": 1, "images_per_identity": 1},
+        masks={"source": "model", "path": str(parser)},
+    )
+    inpaint(spec, use_ray=False)
+    (row, pixels), *_ = variants(out)
+    with Image.open(world.root / row["parent"]) as image:
+        original = np.asarray(image.convert("RGB"))
+    assert 0 < (pixels != original).any(axis=2).mean() < 1 and verify_run(out).ok()
+
+
+def test_output_to_s3(world, bucket, tmp_path):
+    out = f"s3://{bucket}/runs/inpaint"
+    inpaint(make_spec(out, run_id="s3", source={**SPEC["source"], "identities": 1}), use_ray=False)
+    assert verify_run(out).ok() and len(Run(out).table()) == IMAGES * VARIANTS
+
+
+def test_inpainting_presets_have_the_9_channel_unet(tmp_path):
+    a, b = build_preset("tiny", tmp_path / "a", inpainting=True), build_preset("tiny", tmp_path / "b", inpainting=True)
+    assert folder_digest(a) == folder_digest(b)  # deterministic: the name identifies the weights
+    assert json.loads((a / "unet" / "config.json").read_text())["in_channels"] == 9
+    assert json.loads((a / "model_index.json").read_text())["_class_name"] == "StableDiffusionInpaintPipeline"
+    configs = preset_configs("sd15", build_clip_tokenizer(tmp_path / "tok"), inpainting=True)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**configs["unet"])
+    assert unet.config.in_channels == 9 and round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 859.5
+
+
+def test_a_text_to_image_model_is_refused_for_inpainting():
+    with pytest.raises(FactoryError, match="its UNet takes 4 input channels; inpainting needs an SD inpainting UNet"):
+        Inpainter.load(InpaintModelRef(path=str(preset_path("tiny"))))
+
+
+def test_model_descriptions_on_ray_fill_the_cache(ray_session, world, tmp_path):
+    models = {"vlm": str(build_vlm(tmp_path / "vlm")), "llm": str(build_llm(tmp_path / "llm"))}
+    describer = {**models, "images_per_outfit": 1, "vlm_max_new_tokens": 4, "llm_max_new_tokens": 4}
+    spec = make_spec(str(tmp_path / "run"), wardrobe={"source": "model", "describer": describer})
+    records = world["train"]
+    wardrobe, fingerprint = build_wardrobe(spec, records, world.root, use_ray=True)
+    assert set(wardrobe.outfits) == {r.clothes for r in records}
+    assert all(len(o.answers) == 1 and o.describer == fingerprint for o in wardrobe.outfits.values())
+    cached = Wardrobe.load(str(tmp_path / "run" / "wardrobe.parquet"))  # the default cache: the run's wardrobe
+    assert cached == wardrobe
+
+
+def test_paste_back_keeps_native_pixels_at_any_size():
+    original = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 19, 3), dtype=np.uint8))
+    generated = Image.new("RGB", (8, 16), "red")
+    mask = np.zeros((37, 19), bool)
+    mask[10:20, 5:9] = True
+    out = np.asarray(paste_back(original, generated, mask))
+    assert np.array_equal(out[~mask], np.asarray(original)[~mask])
+    assert (out[mask] == [255, 0, 0]).all()
+
+
+def test_preview_shows_each_source_beside_its_variants(reference_run, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("preview", reference_run, "--out", str(sheet), "--identities", "3")
+    assert result.returncode == 0, result.stderr
+    with Image.open(sheet) as image:
+        assert image.size == ((1 + VARIANTS) * 64, 3 * (128 + 12))
+        # the first cell of each row is the source image itself, not a grey placeholder
+        first_cell = np.asarray(image.crop((0, 12, 64, 140))).reshape(-1, 3)
+        assert len(np.unique(first_cell, axis=0)) > 10
