@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--height", type=int, default=128, help="the world's native size; 64x32 learns far less")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--synthetic-share", type=float, default=None, help="default: plain concatenation")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine more threads thrash)")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     splits = load_dataset(args.dataset)
     size = (args.height, args.width)
     with tempfile.TemporaryDirectory() as tmp:
