@@ -5,7 +5,11 @@
 built deterministically (seed 0), so a preset name plus `PRESET_VERSION` identifies the
 weights exactly; bump the version whenever anything here changes the bytes.
 
-Each also comes as an inpainting pipeline (`inpainting=True`, for DLCR): the same
+`world` is different: trained weights shipped in the package (`SHIPPED`), made by
+`python -m factory.bench.train_base` (see `factory.models.world_base`); its folder is
+used in place and fingerprinted by content, so it needs no version here.
+
+Each built preset also comes as an inpainting pipeline (`inpainting=True`, for DLCR): the same
 architecture with SD 1.5 inpainting's 9-channel UNet input (noisy latents, the mask and
 the masked image's latents), cached in its own folder.
 """
@@ -74,7 +78,9 @@ _ARCHITECTURES = {
     ),
 }
 
-PRESETS = tuple(_ARCHITECTURES)  # the names ModelRef.preset accepts
+# Trained presets shipped as diffusers folders in the package, used where they lie.
+SHIPPED = {"world": Path(__file__).parent / "weights" / "world"}
+PRESETS = (*_ARCHITECTURES, *SHIPPED)  # the names ModelRef.preset accepts
 
 
 def preset_configs(name: str, tokenizer: CLIPTokenizer, *, inpainting: bool = False) -> dict[str, dict]:
@@ -83,7 +89,7 @@ def preset_configs(name: str, tokenizer: CLIPTokenizer, *, inpainting: bool = Fa
     Separate from building so the architecture can be checked on the meta device.
     """
     if name not in _ARCHITECTURES:
-        raise FactoryError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
+        raise FactoryError(f"unknown built model preset {name!r} (known: {', '.join(_ARCHITECTURES)})")
     arch = _ARCHITECTURES[name]
     blocks = len(arch["vae"]["block_out_channels"])
     vocab = tokenizer.get_vocab()
@@ -136,6 +142,10 @@ def preset_path(name: str, cache_dir: Path | None = None, *, inpainting: bool = 
     It is built in a hidden sibling and renamed into place, so nobody sees a half-written
     preset; a worker that loses a race to build it uses the winner's folder.
     """
+    if name in SHIPPED:
+        if inpainting:
+            raise FactoryError(f"model preset {name!r} is a trained text-to-image model with no inpainting variant")
+        return SHIPPED[name]
     if name not in _ARCHITECTURES:
         raise FactoryError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
     kind = f"{name}-inpainting" if inpainting else name

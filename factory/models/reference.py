@@ -72,7 +72,7 @@ class ModelRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: Literal["tiny", "sd15"] | None = None
+    preset: Literal["tiny", "sd15", "world"] | None = None
     path: str | None = None  # local diffusers folder, or hub id resolved from the local HF cache only
     lora: str | None = None  # UNet (and text encoder) LoRA, diffusers .safetensors format
     bank: str | None = None  # IdentityBank .safetensors
@@ -88,9 +88,10 @@ class ModelRef(BaseModel):
     def fingerprint(self) -> str:
         """Stable sha256 hex of everything that defines the weights (see the module docstring)."""
         if self.preset is not None:
-            from factory.models.presets import PRESET_VERSION
+            from factory.models.presets import PRESET_VERSION, SHIPPED
 
-            base = f"preset:{self.preset}:v{PRESET_VERSION}"
+            version = folder_digest(SHIPPED[self.preset]) if self.preset in SHIPPED else f"v{PRESET_VERSION}"
+            base = f"preset:{self.preset}:{version}"
         else:
             base = f"folder:{folder_digest(resolve_model_path(self.path))}"
         parts = {"base": base}
