@@ -268,7 +268,6 @@ def test_training_beats_initialisation(monkeypatch, tmp_path):
     monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the benchmark's setting; two threads thrash on a loaded 2-core box
-    request_threads_back = lambda: torch.set_num_threads(threads)  # noqa: E731
     splits = load_dataset("world://sysu?identities=100&seed=0")
     model = ModelSpec(arch="agw", preset="tiny", height=128, width=64)
     size = (model.height, model.width)
@@ -278,7 +277,7 @@ def test_training_beats_initialisation(monkeypatch, tmp_path):
         trained = train_model(trainset_from_records(splits["train"], size), model,
                               TrainSpec(epochs=30, p=4, k=4, lr=2e-3, optimizer="adam"), seed=0)
     finally:
-        request_threads_back()
+        torch.set_num_threads(threads)
     assert trained.log[-1]["loss"] < trained.log[0]["loss"] - 1.0
     evaluation = EvaluationSpec(modes=["all"], trials=10)
     map_init = evaluate_model(init, splits, size, evaluation)["results"]["all"]["mAP"]
