@@ -105,28 +105,28 @@ def factory_spec(s: Settings, output: str) -> GenerateSpec:
 
 
 @contextmanager
-def timed_pipeline() -> Iterator[list[float]]:
-    """Seconds spent inside `TextToImage.generate` meanwhile, in this process.
+def timed_pipeline(owner: type = TextToImage, method: str = "generate") -> Iterator[list[float]]:
+    """Seconds spent inside `owner.method` (the pipeline call) meanwhile, in this process.
 
     Both sides sample through it, so total minus this is each side's serial work outside
     sampling (load, encoding, files, commits not hidden behind generation): a figure that
     a busy machine, which slows sampling itself, disturbs far less than the totals.
     """
     spent = [0.0]
-    original = TextToImage.generate
+    original = getattr(owner, method)
 
-    def generate_timed(self, *args, **kwargs):
+    def timed(self, *args, **kwargs):
         start = time.perf_counter()
         try:
             return original(self, *args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - start
 
-    TextToImage.generate = generate_timed
+    setattr(owner, method, timed)
     try:
         yield spent
     finally:
-        TextToImage.generate = original
+        setattr(owner, method, original)
 
 
 def _batch(s: Settings, pipe: TextToImage, pid: int, camera: str, first_seed: int, steps: int) -> list:
@@ -180,42 +180,51 @@ def _baseline(s: Settings, out: Path) -> None:
                 image.save(folder / f"{i:04d}.png")
 
 
-def count_flops(s: Settings) -> dict[str, int]:
+def count_flops(preset: str, height: int, width: int, *, inpainting: bool = False) -> dict[str, int]:
     """FLOPs of one UNet forward, one VAE decode and one text encoding, for a single sample.
 
+    An inpainting model also encodes the masked image once per sample (`vae_encode`).
     The modules are rebuilt from the preset's configs on the meta device: no weights, no
     compute, the same count for any device.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    folder = preset_path(s.preset)
+    folder = preset_path(preset, inpainting=inpainting)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
         text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        latent = torch.zeros(1, unet.config.in_channels, s.height // factor, s.width // factor)
+        size = (height // factor, width // factor)
+        # The UNet's input: the latents, plus an inpainting model's mask and masked-image latents.
+        unet_input = torch.zeros(1, unet.config.in_channels, *size)
+        latent = torch.zeros(1, vae.config.latent_channels, *size)
+        image = torch.zeros(1, vae.config.in_channels, height, width)
         tokens = torch.zeros(1, text.config.max_position_embeddings, dtype=torch.long)
         context = torch.zeros(1, tokens.shape[1], unet.config.cross_attention_dim)
-        counts = {}
-        for name, run in (
-            ("unet_forward", lambda: unet(latent, torch.tensor(999), encoder_hidden_states=context)),
+        runs = [
+            ("unet_forward", lambda: unet(unet_input, torch.tensor(999), encoder_hidden_states=context)),
             ("vae_decode", lambda: vae.decode(latent)),
             ("text_encoder", lambda: text(tokens)),
-        ):
+        ]
+        if inpainting:  # the masked image's latents, once per sample
+            runs.append(("vae_encode", lambda: vae.encode(image)))
+        counts = {}
+        for name, run in runs:
             with FlopCounterMode(display=False) as counter:
                 run()
             counts[name] = counter.get_total_flops()
     return counts
 
 
-def matmul_peak(device: str) -> tuple[float, str]:
-    """Best FLOP/s of a large square matmul, and its dtype; on CPU the faster of float32 and bf16."""
+def matmul_rates(device: str) -> dict[str, float]:
+    """Best FLOP/s of a large square matmul per dtype: bf16 on GPU; float32 and bf16 on CPU."""
     n, dtypes = (8192, [torch.bfloat16]) if device == "cuda" else (2048, [torch.float32, torch.bfloat16])
-    best: tuple[float, str] = (0.0, "")
+    rates = {}
     for dtype in dtypes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        best = 0.0
         for _ in range(6):  # the first is a warm-up
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -223,15 +232,15 @@ def matmul_peak(device: str) -> tuple[float, str]:
             a @ b
             if device == "cuda":
                 torch.cuda.synchronize()
-            rate = 2 * n**3 / (time.perf_counter() - start)
-            best = max(best, (rate, str(dtype).removeprefix("torch.")))
-    return best
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+        rates[str(dtype).removeprefix("torch.")] = best
+    return rates
 
 
-def device_name(s: Settings) -> str:
-    if s.device == "cuda":
+def device_name(device: str, threads: int) -> str:
+    if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.machine()} CPU, {s.threads} torch threads"
+    return f"{platform.machine()} CPU, {threads} torch threads"
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, int, Path | None]:
@@ -271,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     resolve_identities(factory_spec(s, "unused"))  # render the world's RGB images into the cache, untimed
     warm_up(s)
     print(f"{s.images} images, {s.preset} at {s.width}x{s.height}, {s.steps} steps, batch {s.batch}, "
-          f"{s.dtype} on {device_name(s)}; best of {repeats}")
+          f"{s.dtype} on {device_name(s.device, s.threads)}; best of {repeats}")
     factory_runs, baseline_runs = [], []  # (seconds, seconds outside sampling)
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         root = out or Path(tmp)
@@ -283,9 +292,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"images/s ({baseline_runs[-1][1]:.2f} s outside sampling)")
     factory_s, baseline_s = [t for t, _ in factory_runs], [t for t, _ in baseline_runs]
     factory_outside, baseline_outside = min(o for _, o in factory_runs), min(o for _, o in baseline_runs)
-    flops = count_flops(s)
+    flops = count_flops(s.preset, s.height, s.width)
     per_image = flops["unet_forward"] * s.steps * 2 + flops["vae_decode"]
-    peak, peak_dtype = matmul_peak(s.device)
+    rates = matmul_rates(s.device)
+    peak_dtype = max(rates, key=rates.get)  # the limit assumes the device's fastest matmul
+    peak = rates[peak_dtype]
     limit = peak / per_image
     factory, baseline = s.images / min(factory_s), s.images / min(baseline_s)
     rows = [
@@ -298,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:42} {rate:10.3f} {rate / limit:9.2%}")
     print(f"\nper image: {per_image / 1e9:.2f} GFLOP (UNet {flops['unet_forward'] / 1e9:.3f} GFLOP x {s.steps} steps "
           f"x 2 + VAE decode {flops['vae_decode'] / 1e9:.3f}); text encoder {flops['text_encoder'] / 1e9:.3f} GFLOP "
-          f"per prompt, apart")
+          f"per prompt, apart; matmul {', '.join(f'{d} {r / 1e12:.2f} TFLOP/s' for d, r in rates.items())}")
     print(f"factory/baseline {factory / baseline:.3f}; serial seconds outside sampling (least of the repeats): "
           f"factory {factory_outside:.2f}, baseline {baseline_outside:.2f}")
     print(json.dumps({
@@ -308,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         "limit_images_per_s": round(limit, 4),
         "fraction_of_limit": round(factory / limit, 5),
         "baseline_fraction_of_limit": round(baseline / limit, 5),
-        "device": device_name(s),
+        "device": device_name(s.device, s.threads),
         "torch_device": s.device,
         "preset": s.preset,
         "images": s.images,
@@ -330,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         "text_encoder_flops_per_prompt": flops["text_encoder"],
         "peak_flops_per_s": round(peak),
         "peak_dtype": peak_dtype,
+        "matmul_flops_per_s": {d: round(r) for d, r in rates.items()},
     }))
 
 

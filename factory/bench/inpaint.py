@@ -1,0 +1,298 @@
+"""Inpainting throughput: the factory's DLCR run end to end against a DLCR-style loop and the device's limit.
+
+    python -m factory.bench.inpaint                   # CPU dev run: tiny preset, 64x128, 10 steps, 48 images
+    python -m factory.bench.inpaint --preset sd15 --height 768 --width 256 --steps 50 \\
+        --batch-size 5 --images 500 --repeats 3 --device cuda   # GPU: DLCR's settings (REFERENCE.md §3.3)
+
+Both sides make the same variants the DLCR way (REFERENCE.md §3.3): RGB source images of a
+PRCC-like procedural world, its ground-truth LIP maps as the masks and its attribute
+descriptions as the wardrobe; B variants per source image, all in one pipeline call, so
+every call is a full batch; DDIM, guidance 7.5, strength 1, eta 0, no negative prompt,
+native pixels pasted back; float16 on GPU and float32 on CPU (the engine's `dtype: auto`;
+DLCR's fp16 is a GPU setting). Both call the model through `factory.dlcr.inpainter.Inpainter`
+with the same targets, prompts, seeds and masks, so only what surrounds the model differs.
+
+* factory: `factory.dlcr.run.inpaint` in-process (`use_ray=False`: one actor, no Ray),
+  written to a temp folder (or `--out`): wardrobe, targets, masks, inpainting, paste-back,
+  PNG encoding, tar shards, storing and manifest commits, from spec to `_SUCCESS.json`.
+* baseline: what DLCR's `generate_data.py` does: per source image, read it and its mask,
+  one pipeline call for its variants, paste back, one PNG per variant saved with PIL.
+  Its inputs (masks, prompts) are files made by earlier stages in DLCR, so they are
+  prepared untimed here, from the factory's own planning.
+* limit: FLOPs per image (UNet forward per step x steps x 2 for classifier-free
+  guidance, plus one VAE encode of the masked image and one VAE decode), counted by
+  `torch.utils.flop_counter` on the meta device, over the best matmul rate measured here,
+  as in `factory.bench.generate`. The text encoder runs once per prompt and is shown
+  apart: it is well under 1% of an image.
+
+Timing as in `factory.bench.generate`: each side loads its pipeline inside the timing,
+with the same torch threads, after one short untimed batch has warmed the kernels; the
+sides run interleaved `--repeats` times and the best of each is reported. Each side's
+serial seconds outside sampling (total minus time inside `Inpainter.inpaint`) show what
+the factory's planning, encoding, tar writing and commits add once overlapped.
+The last line printed is one JSON object with every figure and setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from factory.bench.generate import count_flops, device_name, matmul_rates, timed_pipeline
+from factory.datasets import load_dataset
+from factory.dlcr.inpainter import Inpainter, paste_back
+from factory.dlcr.masks import Parser, clothes_mask, make_parser
+from factory.dlcr.run import build_wardrobe, inpaint, select_sources
+from factory.dlcr.spec import InpaintModelRef, InpaintSamplerSpec, InpaintSpec
+from factory.dlcr.targets import TargetSampler
+from factory.dlcr.tasks import ShardPlan, SourceImage, shard_tasks
+
+PRESETS = ("tiny", "sd15")  # the presets with an inpainting variant
+SOURCES_PER_IDENTITY = 4  # of the world's 6 training images per identity
+SOURCES_PER_TASK = 2  # several tasks and shards even in a short run, so commits overlap inpainting
+
+
+@dataclass(frozen=True)
+class Settings:
+    preset: str
+    images: int  # variants in all
+    steps: int
+    width: int
+    height: int
+    batch: int  # variants per source image, made by one pipeline call
+    device: str
+    threads: int
+
+    @property
+    def sources(self) -> int:
+        return self.images // self.batch
+
+    @property
+    def identities(self) -> int:
+        return self.sources // SOURCES_PER_IDENTITY
+
+    @property
+    def dtype(self) -> str:
+        return "float16" if self.device == "cuda" else "float32"
+
+
+def sampler_spec(s: Settings) -> InpaintSamplerSpec:
+    """DLCR's sampler (REFERENCE.md §3.3) at the benchmark's size and steps."""
+    return InpaintSamplerSpec(
+        scheduler="ddim", steps=s.steps, guidance=7.5, strength=1.0, eta=0.0, width=s.width, height=s.height,
+        batch_size=s.batch,
+    )
+
+
+def factory_spec(s: Settings, output: str) -> InpaintSpec:
+    """DLCR's expansion as a factory job: B variants per source image, one identity per shard."""
+    return InpaintSpec.model_validate(
+        dict(
+            run_id="bench",
+            output=output,
+            model=dict(preset=s.preset),
+            # The world's PRCC layout puts at least half its identities (and 2 of 5) in the training split:
+            # enough to expand, and another identity's outfit for everyone.
+            source=dict(
+                dataset=f"world://prcc?identities={max(5, 2 * s.identities)}&seed=0",
+                identities=s.identities,
+                images_per_identity=SOURCES_PER_IDENTITY,
+            ),
+            masks=dict(source="world"),
+            wardrobe=dict(source="world"),
+            variants=s.batch,
+            identities_per_shard=1,
+            sources_per_task=SOURCES_PER_TASK,
+            sampler=sampler_spec(s),
+            resources=dict(cpus_per_actor=s.threads, gpus_per_actor=1 if s.device == "cuda" else 0),
+        )
+    )
+
+
+def baseline_inputs(s: Settings) -> tuple[list[SourceImage], Parser]:
+    """The factory's own source images (with their variants' prompts and seeds) and mask parser.
+
+    Also renders the world into the cache, so neither side's timing includes it.
+    """
+    spec = factory_spec(s, "unused")
+    splits = load_dataset(spec.source.dataset, spec.source.layout)
+    rgb = [r for r in splits[spec.source.split] if r.modality == "rgb"]
+    wardrobe, _ = build_wardrobe(spec, rgb, splits.root, use_ray=False)
+    records = select_sources(rgb, spec.source)
+    # Targets and seeds derive from each source image alone: one task of them all plans the same variants.
+    targets = TargetSampler(wardrobe, spec.seed)
+    (task,) = shard_tasks(ShardPlan(0, tuple(records)), splits.root, targets, spec.variants, spec.seed, len(records))
+    parser = make_parser(spec.masks, splits.root)
+    parser.setup()
+    return list(task.sources), parser
+
+
+def _variants(inpainter: Inpainter, parser: Parser, source: SourceImage, sampler: InpaintSamplerSpec) -> list:
+    """All of `source`'s variants from one pipeline call, pasted back onto it."""
+    with Image.open(source.path) as file:
+        image = file.convert("RGB")
+    mask = clothes_mask(parser.labels(source.relative, image), parser.rule)
+    count = len(source.variants)
+    generated = inpainter.inpaint(
+        [image] * count, [mask] * count, [v.prompt for v in source.variants], [v.seed for v in source.variants], sampler
+    )
+    return [paste_back(image, picture, mask) for picture in generated]
+
+
+def warm_up(s: Settings, source: SourceImage, parser: Parser) -> None:
+    """One short batch, untimed: the first call pays for kernel selection and lazy imports, whichever side runs first."""
+    torch.set_num_threads(s.threads)
+    inpainter = Inpainter.load(InpaintModelRef(preset=s.preset), device=s.device, dtype=s.dtype)
+    _variants(inpainter, parser, source, sampler_spec(s).model_copy(update={"steps": 2}))
+
+
+def time_factory(s: Settings, out: Path) -> tuple[float, float]:
+    """(seconds, seconds outside sampling) of one factory run."""
+    with timed_pipeline(Inpainter, "inpaint") as sampling:
+        start = time.perf_counter()
+        summary = inpaint(factory_spec(s, str(out)), use_ray=False)
+        seconds = time.perf_counter() - start
+    if summary["generated_images"] != s.images:
+        raise RuntimeError(
+            f"the factory made {summary['generated_images']} images, not {s.images} (skipped: {summary['skipped']})"
+        )
+    return seconds, seconds - sampling[0]
+
+
+def time_baseline(s: Settings, sources: list[SourceImage], parser: Parser, out: Path) -> tuple[float, float]:
+    """(seconds, seconds outside sampling) of one baseline run."""
+    torch.set_num_threads(s.threads)  # the factory's actor sets its own; keep both equal
+    with timed_pipeline(Inpainter, "inpaint") as sampling:
+        start = time.perf_counter()
+        _baseline(s, sources, parser, out)
+        seconds = time.perf_counter() - start
+    return seconds, seconds - sampling[0]
+
+
+def _baseline(s: Settings, sources: list[SourceImage], parser: Parser, out: Path) -> None:
+    """DLCR's loop: per source image, one pipeline call for its variants, PNGs out."""
+    inpainter = Inpainter.load(InpaintModelRef(preset=s.preset), device=s.device, dtype=s.dtype)
+    sampler = sampler_spec(s)
+    for source in sources:
+        folder = out / f"{source.identity:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for variant, picture in zip(source.variants, _variants(inpainter, parser, source, sampler)):
+            picture.save(folder / f"{Path(source.relative).stem}_{variant.number}.png")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, int, Path | None]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=PRESETS, default="tiny")
+    parser.add_argument("--images", type=int, default=48, help="variants in all, rounded up to whole identities "
+                        f"({SOURCES_PER_IDENTITY} source images each)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=4, help="variants per source image, one call (DLCR: 5)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each side; the best is reported")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads of both sides")
+    parser.add_argument("--out", type=Path, help="keep every repeat's outputs under this folder (default: a temp folder)")
+    args = parser.parse_args(argv)
+    if (args.device == "cuda") != torch.cuda.is_available():
+        # The engine's actor takes the GPU whenever there is one; both sides must run where it does.
+        parser.error(f"--device {args.device}: the engine would run on {'cuda' if torch.cuda.is_available() else 'cpu'} "
+                     "(hide GPUs with CUDA_VISIBLE_DEVICES= for a CPU run)")
+    if min(args.images, args.steps, args.batch_size, args.repeats, args.threads) < 1:
+        parser.error("--images, --steps, --batch-size, --repeats and --threads must be at least 1")
+    per_identity = SOURCES_PER_IDENTITY * args.batch_size
+    images = -(-args.images // per_identity) * per_identity
+    s = Settings(args.preset, images, args.steps, args.width, args.height, args.batch_size, args.device, args.threads)
+    return s, args.repeats, args.out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    s, repeats, out = parse_args(argv)
+    sources, parser = baseline_inputs(s)
+    warm_up(s, sources[0], parser)
+    device = device_name(s.device, s.threads)
+    print(f"{s.images} images ({s.batch} variants of each of {s.sources} source images), {s.preset} inpainting at "
+          f"{s.width}x{s.height}, {s.steps} DDIM steps, {s.dtype} on {device}; best of {repeats}")
+    factory_runs, baseline_runs = [], []  # (seconds, seconds outside sampling)
+    with tempfile.TemporaryDirectory(prefix="bench-inpaint-") as tmp:
+        root = out or Path(tmp)
+        for r in range(repeats):
+            factory_runs.append(time_factory(s, root / f"factory-{r}"))
+            baseline_runs.append(time_baseline(s, sources, parser, root / f"baseline-{r}"))
+            print(f"  repeat {r + 1}: factory {s.images / factory_runs[-1][0]:.3f} images/s "
+                  f"({factory_runs[-1][1]:.2f} s outside sampling), baseline {s.images / baseline_runs[-1][0]:.3f} "
+                  f"images/s ({baseline_runs[-1][1]:.2f} s outside sampling)")
+    factory_s, baseline_s = [t for t, _ in factory_runs], [t for t, _ in baseline_runs]
+    factory_outside, baseline_outside = min(o for _, o in factory_runs), min(o for _, o in baseline_runs)
+    flops = count_flops(s.preset, s.height, s.width, inpainting=True)
+    per_image = flops["unet_forward"] * s.steps * 2 + flops["vae_encode"] + flops["vae_decode"]
+    rates = matmul_rates(s.device)
+    peak_dtype = max(rates, key=rates.get)  # the limit assumes the device's fastest matmul
+    peak = rates[peak_dtype]
+    limit = peak / per_image
+    factory, baseline = s.images / min(factory_s), s.images / min(baseline_s)
+    rows = [
+        ("factory (end to end, in-process engine)", factory),
+        ("baseline (DLCR-style loop, PNG files)", baseline),
+        (f"limit ({peak / 1e12:.2f} TFLOP/s {peak_dtype} matmul)", limit),
+    ]
+    print(f"\n{'':42} {'images/s':>10} {'of limit':>9}")
+    for name, rate in rows:
+        print(f"{name:42} {rate:10.3f} {rate / limit:9.2%}")
+    print(f"\nper image: {per_image / 1e9:.2f} GFLOP (UNet {flops['unet_forward'] / 1e9:.3f} GFLOP x {s.steps} steps "
+          f"x 2 + VAE encode {flops['vae_encode'] / 1e9:.3f} + VAE decode {flops['vae_decode'] / 1e9:.3f}); "
+          f"text encoder {flops['text_encoder'] / 1e9:.3f} GFLOP per prompt, apart; "
+          f"matmul {', '.join(f'{d} {r / 1e12:.2f} TFLOP/s' for d, r in rates.items())}")
+    print(f"factory/baseline {factory / baseline:.3f}; serial seconds outside sampling (least of the repeats): "
+          f"factory {factory_outside:.2f}, baseline {baseline_outside:.2f}")
+    print(json.dumps({
+        "factory_images_per_s": round(factory, 4),
+        "baseline_images_per_s": round(baseline, 4),
+        "ratio": round(factory / baseline, 4),
+        "limit_images_per_s": round(limit, 4),
+        "fraction_of_limit": round(factory / limit, 5),
+        "baseline_fraction_of_limit": round(baseline / limit, 5),
+        "device": device,
+        "torch_device": s.device,
+        "preset": s.preset,
+        "images": s.images,
+        "source_images": s.sources,
+        "steps": s.steps,
+        "width": s.width,
+        "height": s.height,
+        "batch": s.batch,
+        "threads": s.threads,
+        "dtype": s.dtype,
+        "repeats": repeats,
+        "statistic": "best",
+        "factory_seconds": [round(t, 3) for t in factory_s],
+        "baseline_seconds": [round(t, 3) for t in baseline_s],
+        "factory_outside_sampling_s": round(factory_outside, 3),
+        "baseline_outside_sampling_s": round(baseline_outside, 3),
+        "flops_per_image": per_image,
+        "unet_flops_per_step": flops["unet_forward"],
+        "vae_encode_flops": flops["vae_encode"],
+        "vae_decode_flops": flops["vae_decode"],
+        "text_encoder_flops_per_prompt": flops["text_encoder"],
+        "peak_flops_per_s": round(peak),
+        "peak_dtype": peak_dtype,
+        "matmul_flops_per_s": {d: round(r) for d, r in rates.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()
