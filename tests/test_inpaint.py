@@ -1,4 +1,5 @@
-"""`factory inpaint` on a local Ray with the tiny inpainting preset and a PRCC-like world.
+"""`factory inpaint` on a local Ray with the tiny inpainting preset and a PRCC-like world
+(and, in process, the 4-channel `world` preset, which inpaints by latent blending).
 
 The world's ground-truth LIP maps are the masks and its attribute descriptions the
 wardrobe, so the semantics can be checked exactly: outside the clothing mask every
@@ -125,6 +126,10 @@ def reference_run(ray_session, tmp_path_factory):
 def test_outside_the_mask_every_variant_is_its_source_bit_for_bit(reference_run, world):
     made = variants(reference_run)
     assert len(made) == IDENTITIES * IMAGES * VARIANTS
+    only_the_clothes_changed(made, world)
+
+
+def only_the_clothes_changed(made: list[tuple[dict, np.ndarray]], world) -> None:
     for row, pixels in made:
         source = world.root / row["parent"]
         with Image.open(source) as image:
@@ -310,9 +315,43 @@ def test_inpainting_presets_have_the_9_channel_unet(tmp_path):
     assert unet.config.in_channels == 9 and round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 859.5
 
 
-def test_a_text_to_image_model_is_refused_for_inpainting():
-    with pytest.raises(FactoryError, match="its UNet takes 4 input channels; inpainting needs an SD inpainting UNet"):
-        Inpainter.load(InpaintModelRef(path=str(preset_path("tiny"))))
+def test_the_world_preset_inpaints_by_latent_blending(world, tmp_path):
+    """The shipped text-to-image model (4-channel UNet): latent blending, the paste-back rule still holds."""
+    out = str(tmp_path / "run")
+    spec = make_spec(
+        out,
+        model={"preset": "world"},
+        source={"dataset": WORLD, "identities": 1, "images_per_identity": 2},
+        sampler={"steps": 2, "guidance": 4.0, "width": 64, "height": 128, "batch_size": 2},
+    )
+    assert inpaint(spec, use_ray=False)["generated_images"] == 2 * VARIANTS
+    made = variants(out)
+    assert len(made) == 2 * VARIANTS
+    only_the_clothes_changed(made, world)
+    fingerprint = InpaintModelRef(preset="world").fingerprint()
+    assert {row["model"] for row, _ in made} == {fingerprint} != {InpaintModelRef(preset="tiny").fingerprint()}
+    assert verify_run(out).ok()
+
+
+def test_a_text_to_image_folder_loads_for_latent_blending():
+    inpainter = Inpainter.load(InpaintModelRef(path=str(preset_path("tiny"))))
+    assert inpainter.pipe.unet.config.in_channels == 4
+
+
+def test_a_unet_with_another_channel_count_is_refused_with_one_line(tmp_path):
+    odd = tmp_path / "odd"
+    (odd / "unet").mkdir(parents=True)
+    (odd / "unet" / "config.json").write_text(json.dumps({"in_channels": 8}))
+    expected = (
+        "its UNet takes 8 input channels; inpainting needs an SD inpainting UNet (9) "
+        "or a text-to-image one (4, inpainted by latent blending)"
+    )
+    with pytest.raises(FactoryError, match=re.escape(expected)):
+        Inpainter.load(InpaintModelRef(path=str(odd)))
+    out = str(tmp_path / "run")
+    spec = write_spec(tmp_path / "s.yaml", out, model={"path": str(odd)})
+    _fails_with_one_line(run_cli("inpaint", str(spec), "--local"), out, expected)
+    assert not Path(out, "run.json").exists()
 
 
 def test_model_descriptions_on_ray_fill_the_cache(ray_session, world, tmp_path):

@@ -9,6 +9,17 @@ source's native size and is pasted onto the untouched original:
 
 with m the native mask and orig the native pixels (DLCR pasted a down- and up-sampled
 copy, §11.2 L5), so every pixel outside the mask is the original's, bit for bit.
+
+Two kinds of UNet (diffusers' StableDiffusionInpaintPipeline runs both):
+
+- 9 input channels, an SD inpainting UNet (DLCR's SD 1.5 inpainting): noisy latents,
+  the mask and the masked image's latents go in together at every step.
+- 4 input channels, a text-to-image UNet (e.g. the shipped `world` preset): latent
+  blending. The UNet never sees the mask; after each step the latents outside the
+  (latent-resolution) mask are replaced by the source's latents noised to the next
+  timestep, so the model only fills the masked region in from its surroundings. This is
+  not DLCR's method, only how a text-to-image model inpaints; the paste-back above
+  still keeps every unmasked pixel the source's.
 """
 
 from __future__ import annotations
@@ -24,24 +35,37 @@ from PIL import Image
 from factory.dlcr.spec import InpaintModelRef, InpaintSamplerSpec
 from factory.errors import FactoryError
 from factory.models.pipeline import SCHEDULERS
-from factory.models.presets import preset_path
+from factory.models.presets import SHIPPED, preset_path
 from factory.models.reference import resolve_model_path
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # SD inpainting's UNet input: noisy latents (4), the mask (1), the masked image's latents (4).
 INPAINT_CHANNELS = 9
+# A text-to-image UNet's input: the noisy latents only; it inpaints by latent blending.
+BLEND_CHANNELS = 4
 
 
-def check_unet(folder: Path, name: str) -> None:
-    """Refuse a model folder whose UNet is not an inpainting one, before any weight is loaded."""
+def model_folder(ref: InpaintModelRef, cache_dir: Path | None = None) -> Path:
+    """The diffusers folder `ref` names: a built inpainting preset (tiny, sd15), the shipped
+    text-to-image `world` preset (used as it is), or a local folder."""
+    if ref.preset is None:
+        return resolve_model_path(ref.path)
+    return preset_path(ref.preset, cache_dir, inpainting=ref.preset not in SHIPPED)
+
+
+def check_unet(folder: Path, name: str) -> int:
+    """The UNet's input channels (9: SD inpainting; 4: text-to-image, latent blending); anything
+    else is refused, before any weight is loaded."""
     config = Path(folder) / "unet" / "config.json"
     if not config.is_file():
         raise FactoryError(f"model {name}: not a diffusers pipeline folder (no unet/config.json)")
     channels = json.loads(config.read_text()).get("in_channels")
-    if channels != INPAINT_CHANNELS:
+    if channels not in (INPAINT_CHANNELS, BLEND_CHANNELS):
         raise FactoryError(
-            f"model {name}: its UNet takes {channels} input channels; inpainting needs an SD inpainting UNet ({INPAINT_CHANNELS})"
+            f"model {name}: its UNet takes {channels} input channels; inpainting needs an SD inpainting UNet "
+            f"({INPAINT_CHANNELS}) or a text-to-image one ({BLEND_CHANNELS}, inpainted by latent blending)"
         )
+    return channels
 
 
 def paste_back(original: Image.Image, generated: Image.Image, mask: np.ndarray) -> Image.Image:
@@ -64,8 +88,9 @@ class Inpainter:
     def load(
         cls, ref: InpaintModelRef, *, device: str = "cpu", dtype: str = "float32", cache_dir: Path | None = None
     ) -> Inpainter:
-        """A preset or a local diffusers folder (real SD 1.5 inpainting weights), safetensors only."""
-        folder = preset_path(ref.preset, cache_dir, inpainting=True) if ref.preset else resolve_model_path(ref.path)
+        """A preset or a local diffusers folder (SD 1.5 inpainting weights, or a 4-channel text-to-image
+        model, which inpaints by latent blending), safetensors only."""
+        folder = model_folder(ref, cache_dir)
         check_unet(folder, ref.path or ref.preset)
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
             folder,

@@ -62,14 +62,10 @@ def select_sources(records: list[Record], spec: SourceSpec) -> list[Record]:
 
 def _check_model(spec: InpaintSpec) -> str:
     """Build the preset or check the folder (a clear error now rather than in every actor); its fingerprint."""
-    from factory.dlcr.inpainter import check_unet
-    from factory.models.presets import preset_path
-    from factory.models.reference import resolve_model_path
+    from factory.dlcr.inpainter import check_unet, model_folder
 
-    if spec.model.preset:
-        preset_path(spec.model.preset, inpainting=True)  # pre-staged once here, not raced for by every actor
-    else:
-        check_unet(resolve_model_path(spec.model.path), spec.model.path)
+    # a built preset is pre-staged once here, not raced for by every actor
+    check_unet(model_folder(spec.model), spec.model.path or spec.model.preset)
     return spec.model.fingerprint()
 
 

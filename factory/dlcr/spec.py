@@ -17,12 +17,22 @@ from factory.specs import ResourcesSpec, Strict
 
 
 class InpaintModelRef(Strict):
-    """An SD inpainting model (9-channel UNet): the `tiny`/`sd15` preset or a local diffusers folder.
+    """The inpainting model: a preset or a local diffusers folder whose UNet takes 9 or 4 input channels.
+
+    9 channels (DLCR's choice, REFERENCE.md §3.3): an SD inpainting UNet, conditioned on the
+    mask and the masked image's latents; `tiny`/`sd15` are built with that input.
+    4 channels: a text-to-image UNet (the shipped `world` preset, or any SD folder), which
+    inpaints by latent blending, as diffusers' StableDiffusionInpaintPipeline does for it:
+    after every denoising step the latents outside the mask are replaced by the original's
+    latents noised to the next step, so only the masked region is generated. That is not
+    what DLCR ran; it is the way to inpaint with a text-to-image model such as the world one.
 
     DLCR inpaints without fine-tuning, so there is no LoRA or identity bank here.
     """
 
-    preset: Literal["tiny", "sd15"] | None = None
+    preset: Literal["tiny", "sd15", "world"] | None = Field(
+        None, description="tiny / sd15: built 9-channel inpainting presets; world: the shipped 4-channel model"
+    )
     path: str | None = Field(None, description="local diffusers folder, or a hub id already in the local HF cache")
 
     @model_validator(mode="after")
@@ -34,9 +44,12 @@ class InpaintModelRef(Strict):
     def fingerprint(self) -> str:
         """Hashes contents, not paths (see `factory.models.reference`)."""
         if self.preset is not None:
-            from factory.models.presets import PRESET_VERSION
+            from factory.models.presets import PRESET_VERSION, SHIPPED
 
-            base = f"preset:{self.preset}-inpainting:v{PRESET_VERSION}"
+            if self.preset in SHIPPED:  # trained weights used in place: their content, as ModelRef does
+                base = f"preset:{self.preset}:{folder_digest(SHIPPED[self.preset])}"
+            else:
+                base = f"preset:{self.preset}-inpainting:v{PRESET_VERSION}"
         else:
             base = f"folder:{folder_digest(resolve_model_path(self.path))}"
         return hashlib.sha256(json.dumps({"base": base}).encode()).hexdigest()

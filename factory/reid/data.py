@@ -228,3 +228,20 @@ def build_trainset(
     for j, owner in enumerate(owners):
         trainset.variants.setdefault(owner, []).append(n_base + j)
     return trainset, offsets
+
+
+def concat_trainsets(*parts: TrainSet) -> TrainSet:
+    """One training set of several, in order (variant indices shifted along)."""
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    return TrainSet(
+        images=np.concatenate([p.images for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        cameras=np.concatenate([p.cameras for p in parts]),
+        modalities=[x for p in parts for x in p.modalities],
+        clothes=[x for p in parts for x in p.clothes],
+        synthetic=np.concatenate([p.synthetic for p in parts]),
+        names=[x for p in parts for x in p.names],
+        is_variant=np.concatenate([p.is_variant for p in parts]),
+        variants={int(start) + owner: [int(start) + v for v in vs] for p, start in zip(parts, starts)
+                  for owner, vs in p.variants.items()},
+    )
