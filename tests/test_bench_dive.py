@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from factory.bench import dive_world
+from factory.bench import dive_world, identity_slot
 from factory.reid.data import TrainSet, concat_trainsets
 
 
@@ -76,3 +76,14 @@ def test_the_whole_benchmark_runs_on_the_smallest_settings(tmp_path):
     assert all(0 <= mean <= 1 and not math.isnan(mean) for mean, _ in result["identity_auc"].values())
     for name in ("b-ir", "b-ir-control", "new", "new-control"):
         assert (tmp_path / name / "_SUCCESS.json").is_file()
+
+
+def test_identity_slot_benchmark_measures_both_distances():
+    threads = torch.get_num_threads()
+    try:
+        result = identity_slot.main(["--model", "tiny", "--identities", "2", "--seeds", "2", "--steps", "2",
+                                     "--cameras", "cam1", "--width", "32", "--height", "64"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result["across_identities"] > 0 and result["across_seeds"] > 0  # the tiny preset reads its slot too
+    assert result["ratio"] == pytest.approx(result["across_identities"] / result["across_seeds"], abs=2e-3)
