@@ -257,8 +257,9 @@ def train_arm(arm: str, trainset: TrainSet, seed: int, train: TrainSpec, cache: 
           f"({time.monotonic() - started:.0f} s)", flush=True)
     if arm == "A":
         save_file({k: v.contiguous() for k, v in trained.model.state_dict().items()}, cache.with_suffix(".safetensors"))
-    cache.with_suffix(".json").write_text(json.dumps({"arm": arm, "seed": seed, "scores": scores,
-                                                      "classes": len(trained.class_ids)}))
+    partial = cache.with_suffix(".json.tmp")  # renamed when whole: a killed run leaves no half result
+    partial.write_text(json.dumps({"arm": arm, "seed": seed, "scores": scores, "classes": len(trained.class_ids)}))
+    partial.replace(cache.with_suffix(".json"))
     return arm, seed, scores
 
 
