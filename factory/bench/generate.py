@@ -35,22 +35,26 @@ The last line printed is one JSON object with every figure and setting.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from factory.bench.throughput import (
+    add_common_args,
+    check_common_args,
+    count_flops,
+    device_name,
+    interleave,
+    quiet_libraries,
+    report,
+    timed_pipeline,
+)
 from factory.generate import generate
 from factory.identities import resolve_identities
 from factory.models.pipeline import IDENTITY, TextToImage, random_identity_vector
-from factory.models.presets import PRESETS, preset_path
+from factory.models.presets import PRESETS
 from factory.models.reference import ModelRef
 from factory.specs import GenerateSpec
 
@@ -104,31 +108,6 @@ def factory_spec(s: Settings, output: str) -> GenerateSpec:
     )
 
 
-@contextmanager
-def timed_pipeline(owner: type = TextToImage, method: str = "generate") -> Iterator[list[float]]:
-    """Seconds spent inside `owner.method` (the pipeline call) meanwhile, in this process.
-
-    Both sides sample through it, so total minus this is each side's serial work outside
-    sampling (load, encoding, files, commits not hidden behind generation): a figure that
-    a busy machine, which slows sampling itself, disturbs far less than the totals.
-    """
-    spent = [0.0]
-    original = getattr(owner, method)
-
-    def timed(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            spent[0] += time.perf_counter() - start
-
-    setattr(owner, method, timed)
-    try:
-        yield spent
-    finally:
-        setattr(owner, method, original)
-
-
 def _batch(s: Settings, pipe: TextToImage, pid: int, camera: str, first_seed: int, steps: int) -> list:
     vector = random_identity_vector(pid, pipe.embedding_dim, pipe.typical_token_norm())
     return pipe.generate(
@@ -180,88 +159,14 @@ def _baseline(s: Settings, out: Path) -> None:
                 image.save(folder / f"{i:04d}.png")
 
 
-def count_flops(preset: str, height: int, width: int, *, inpainting: bool = False) -> dict[str, int]:
-    """FLOPs of one UNet forward, one VAE decode and one text encoding, for a single sample.
-
-    An inpainting model also encodes the masked image once per sample (`vae_encode`).
-    The modules are rebuilt from the preset's configs on the meta device: no weights, no
-    compute, the same count for any device.
-    """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    folder = preset_path(preset, inpainting=inpainting)
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        size = (height // factor, width // factor)
-        # The UNet's input: the latents, plus an inpainting model's mask and masked-image latents.
-        unet_input = torch.zeros(1, unet.config.in_channels, *size)
-        latent = torch.zeros(1, vae.config.latent_channels, *size)
-        image = torch.zeros(1, vae.config.in_channels, height, width)
-        tokens = torch.zeros(1, text.config.max_position_embeddings, dtype=torch.long)
-        context = torch.zeros(1, tokens.shape[1], unet.config.cross_attention_dim)
-        runs = [
-            ("unet_forward", lambda: unet(unet_input, torch.tensor(999), encoder_hidden_states=context)),
-            ("vae_decode", lambda: vae.decode(latent)),
-            ("text_encoder", lambda: text(tokens)),
-        ]
-        if inpainting:  # the masked image's latents, once per sample
-            runs.append(("vae_encode", lambda: vae.encode(image)))
-        counts = {}
-        for name, run in runs:
-            with FlopCounterMode(display=False) as counter:
-                run()
-            counts[name] = counter.get_total_flops()
-    return counts
-
-
-def matmul_rates(device: str) -> dict[str, float]:
-    """Best FLOP/s of a large square matmul per dtype: bf16 on GPU; float32 and bf16 on CPU."""
-    n, dtypes = (8192, [torch.bfloat16]) if device == "cuda" else (2048, [torch.float32, torch.bfloat16])
-    rates = {}
-    for dtype in dtypes:
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        best = 0.0
-        for _ in range(6):  # the first is a warm-up
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            a @ b
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
-        rates[str(dtype).removeprefix("torch.")] = best
-    return rates
-
-
-def device_name(device: str, threads: int) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.machine()} CPU, {threads} torch threads"
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, int, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
     parser.add_argument("--images", type=int, default=48, help="rounded up to whole batches per (identity, camera)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each side; the best is reported")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads of both sides")
-    parser.add_argument("--out", type=Path, help="keep every repeat's outputs under this folder (default: a temp folder)")
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    if (args.device == "cuda") != torch.cuda.is_available():
-        # The engine's actor takes the GPU whenever there is one; both sides must run where it does.
-        parser.error(f"--device {args.device}: the engine would run on {'cuda' if torch.cuda.is_available() else 'cpu'} "
-                     "(hide GPUs with CUDA_VISIBLE_DEVICES= for a CPU run)")
-    if min(args.images, args.steps, args.batch_size, args.repeats, args.threads) < 1:
-        parser.error("--images, --steps, --batch-size, --repeats and --threads must be at least 1")
+    check_common_args(parser, args)
     per_identity = len(CAMERAS) * args.batch_size
     images = -(-args.images // per_identity) * per_identity
     s = Settings(args.preset, images, args.steps, args.width, args.height, args.batch_size, args.device, args.threads)
@@ -269,80 +174,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, int, Path | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()
     s, repeats, out = parse_args(argv)
     resolve_identities(factory_spec(s, "unused"))  # render the world's RGB images into the cache, untimed
     warm_up(s)
     print(f"{s.images} images, {s.preset} at {s.width}x{s.height}, {s.steps} steps, batch {s.batch}, "
           f"{s.dtype} on {device_name(s.device, s.threads)}; best of {repeats}")
-    factory_runs, baseline_runs = [], []  # (seconds, seconds outside sampling)
-    with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
-        root = out or Path(tmp)
-        for r in range(repeats):
-            factory_runs.append(time_factory(s, root / f"factory-{r}"))
-            baseline_runs.append(time_baseline(s, root / f"baseline-{r}"))
-            print(f"  repeat {r + 1}: factory {s.images / factory_runs[-1][0]:.3f} images/s "
-                  f"({factory_runs[-1][1]:.2f} s outside sampling), baseline {s.images / baseline_runs[-1][0]:.3f} "
-                  f"images/s ({baseline_runs[-1][1]:.2f} s outside sampling)")
-    factory_s, baseline_s = [t for t, _ in factory_runs], [t for t, _ in baseline_runs]
-    factory_outside, baseline_outside = min(o for _, o in factory_runs), min(o for _, o in baseline_runs)
-    flops = count_flops(s.preset, s.height, s.width)
-    per_image = flops["unet_forward"] * s.steps * 2 + flops["vae_decode"]
-    rates = matmul_rates(s.device)
-    peak_dtype = max(rates, key=rates.get)  # the limit assumes the device's fastest matmul
-    peak = rates[peak_dtype]
-    limit = peak / per_image
-    factory, baseline = s.images / min(factory_s), s.images / min(baseline_s)
-    rows = [
-        ("factory (end to end, in-process engine)", factory),
-        ("baseline (DiVE-style loop, PNG files)", baseline),
-        (f"limit ({peak / 1e12:.2f} TFLOP/s {peak_dtype} matmul)", limit),
-    ]
-    print(f"\n{'':42} {'images/s':>10} {'of limit':>9}")
-    for name, rate in rows:
-        print(f"{name:42} {rate:10.3f} {rate / limit:9.2%}")
-    print(f"\nper image: {per_image / 1e9:.2f} GFLOP (UNet {flops['unet_forward'] / 1e9:.3f} GFLOP x {s.steps} steps "
-          f"x 2 + VAE decode {flops['vae_decode'] / 1e9:.3f}); text encoder {flops['text_encoder'] / 1e9:.3f} GFLOP "
-          f"per prompt, apart; matmul {', '.join(f'{d} {r / 1e12:.2f} TFLOP/s' for d, r in rates.items())}")
-    print(f"factory/baseline {factory / baseline:.3f}; serial seconds outside sampling (least of the repeats): "
-          f"factory {factory_outside:.2f}, baseline {baseline_outside:.2f}")
-    print(json.dumps({
-        "factory_images_per_s": round(factory, 4),
-        "baseline_images_per_s": round(baseline, 4),
-        "ratio": round(factory / baseline, 4),
-        "limit_images_per_s": round(limit, 4),
-        "fraction_of_limit": round(factory / limit, 5),
-        "baseline_fraction_of_limit": round(baseline / limit, 5),
-        "device": device_name(s.device, s.threads),
-        "torch_device": s.device,
-        "preset": s.preset,
-        "images": s.images,
-        "steps": s.steps,
-        "width": s.width,
-        "height": s.height,
-        "batch": s.batch,
-        "threads": s.threads,
-        "dtype": s.dtype,
-        "repeats": repeats,
-        "statistic": "best",
-        "factory_seconds": [round(t, 3) for t in factory_s],
-        "baseline_seconds": [round(t, 3) for t in baseline_s],
-        "factory_outside_sampling_s": round(factory_outside, 3),
-        "baseline_outside_sampling_s": round(baseline_outside, 3),
-        "flops_per_image": per_image,
-        "unet_flops_per_step": flops["unet_forward"],
-        "vae_decode_flops": flops["vae_decode"],
-        "text_encoder_flops_per_prompt": flops["text_encoder"],
-        "peak_flops_per_s": round(peak),
-        "peak_dtype": peak_dtype,
-        "matmul_flops_per_s": {d: round(r) for d, r in rates.items()},
-    }))
+    factory_runs, baseline_runs = interleave(s.images, repeats, out, "bench-generate-",
+                                             lambda folder: time_factory(s, folder),
+                                             lambda folder: time_baseline(s, folder))
+    report(images=s.images, steps=s.steps, device=s.device, factory_runs=factory_runs, baseline_runs=baseline_runs,
+           baseline_name="baseline (DiVE-style loop, PNG files)", flops=count_flops(s.preset, s.height, s.width),
+           settings=dict(preset=s.preset, images=s.images, steps=s.steps, width=s.width, height=s.height,
+                         batch=s.batch, threads=s.threads, dtype=s.dtype, repeats=repeats))
 
 
 if __name__ == "__main__":

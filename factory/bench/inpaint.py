@@ -36,8 +36,6 @@ The last line printed is one JSON object with every figure and setting.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from factory.bench.generate import count_flops, device_name, matmul_rates, timed_pipeline
+from factory.bench.throughput import (
+    add_common_args,
+    check_common_args,
+    count_flops,
+    device_name,
+    interleave,
+    quiet_libraries,
+    report,
+    timed_pipeline,
+)
 from factory.datasets import load_dataset
 from factory.dlcr.inpainter import Inpainter, paste_back
 from factory.dlcr.masks import Parser, clothes_mask, make_parser
@@ -192,21 +199,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, int, Path | Non
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
     parser.add_argument("--images", type=int, default=48, help="variants in all, rounded up to whole identities "
                         f"({SOURCES_PER_IDENTITY} source images each)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4, help="variants per source image, one call (DLCR: 5)")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each side; the best is reported")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads of both sides")
-    parser.add_argument("--out", type=Path, help="keep every repeat's outputs under this folder (default: a temp folder)")
+    add_common_args(parser)
     args = parser.parse_args(argv)
-    if (args.device == "cuda") != torch.cuda.is_available():
-        # The engine's actor takes the GPU whenever there is one; both sides must run where it does.
-        parser.error(f"--device {args.device}: the engine would run on {'cuda' if torch.cuda.is_available() else 'cpu'} "
-                     "(hide GPUs with CUDA_VISIBLE_DEVICES= for a CPU run)")
-    if min(args.images, args.steps, args.batch_size, args.repeats, args.threads) < 1:
-        parser.error("--images, --steps, --batch-size, --repeats and --threads must be at least 1")
+    check_common_args(parser, args)
     per_identity = SOURCES_PER_IDENTITY * args.batch_size
     images = -(-args.images // per_identity) * per_identity
     s = Settings(args.preset, images, args.steps, args.width, args.height, args.batch_size, args.device, args.threads)
@@ -214,84 +210,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, int, Path | Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()
     s, repeats, out = parse_args(argv)
     sources, parser = baseline_inputs(s)
     warm_up(s, sources[0], parser)
-    device = device_name(s.device, s.threads)
     print(f"{s.images} images ({s.batch} variants of each of {s.sources} source images), {s.preset} inpainting at "
-          f"{s.width}x{s.height}, {s.steps} DDIM steps, {s.dtype} on {device}; best of {repeats}")
-    factory_runs, baseline_runs = [], []  # (seconds, seconds outside sampling)
-    with tempfile.TemporaryDirectory(prefix="bench-inpaint-") as tmp:
-        root = out or Path(tmp)
-        for r in range(repeats):
-            factory_runs.append(time_factory(s, root / f"factory-{r}"))
-            baseline_runs.append(time_baseline(s, sources, parser, root / f"baseline-{r}"))
-            print(f"  repeat {r + 1}: factory {s.images / factory_runs[-1][0]:.3f} images/s "
-                  f"({factory_runs[-1][1]:.2f} s outside sampling), baseline {s.images / baseline_runs[-1][0]:.3f} "
-                  f"images/s ({baseline_runs[-1][1]:.2f} s outside sampling)")
-    factory_s, baseline_s = [t for t, _ in factory_runs], [t for t, _ in baseline_runs]
-    factory_outside, baseline_outside = min(o for _, o in factory_runs), min(o for _, o in baseline_runs)
-    flops = count_flops(s.preset, s.height, s.width, inpainting=True)
-    per_image = flops["unet_forward"] * s.steps * 2 + flops["vae_encode"] + flops["vae_decode"]
-    rates = matmul_rates(s.device)
-    peak_dtype = max(rates, key=rates.get)  # the limit assumes the device's fastest matmul
-    peak = rates[peak_dtype]
-    limit = peak / per_image
-    factory, baseline = s.images / min(factory_s), s.images / min(baseline_s)
-    rows = [
-        ("factory (end to end, in-process engine)", factory),
-        ("baseline (DLCR-style loop, PNG files)", baseline),
-        (f"limit ({peak / 1e12:.2f} TFLOP/s {peak_dtype} matmul)", limit),
-    ]
-    print(f"\n{'':42} {'images/s':>10} {'of limit':>9}")
-    for name, rate in rows:
-        print(f"{name:42} {rate:10.3f} {rate / limit:9.2%}")
-    print(f"\nper image: {per_image / 1e9:.2f} GFLOP (UNet {flops['unet_forward'] / 1e9:.3f} GFLOP x {s.steps} steps "
-          f"x 2 + VAE encode {flops['vae_encode'] / 1e9:.3f} + VAE decode {flops['vae_decode'] / 1e9:.3f}); "
-          f"text encoder {flops['text_encoder'] / 1e9:.3f} GFLOP per prompt, apart; "
-          f"matmul {', '.join(f'{d} {r / 1e12:.2f} TFLOP/s' for d, r in rates.items())}")
-    print(f"factory/baseline {factory / baseline:.3f}; serial seconds outside sampling (least of the repeats): "
-          f"factory {factory_outside:.2f}, baseline {baseline_outside:.2f}")
-    print(json.dumps({
-        "factory_images_per_s": round(factory, 4),
-        "baseline_images_per_s": round(baseline, 4),
-        "ratio": round(factory / baseline, 4),
-        "limit_images_per_s": round(limit, 4),
-        "fraction_of_limit": round(factory / limit, 5),
-        "baseline_fraction_of_limit": round(baseline / limit, 5),
-        "device": device,
-        "torch_device": s.device,
-        "preset": s.preset,
-        "images": s.images,
-        "source_images": s.sources,
-        "steps": s.steps,
-        "width": s.width,
-        "height": s.height,
-        "batch": s.batch,
-        "threads": s.threads,
-        "dtype": s.dtype,
-        "repeats": repeats,
-        "statistic": "best",
-        "factory_seconds": [round(t, 3) for t in factory_s],
-        "baseline_seconds": [round(t, 3) for t in baseline_s],
-        "factory_outside_sampling_s": round(factory_outside, 3),
-        "baseline_outside_sampling_s": round(baseline_outside, 3),
-        "flops_per_image": per_image,
-        "unet_flops_per_step": flops["unet_forward"],
-        "vae_encode_flops": flops["vae_encode"],
-        "vae_decode_flops": flops["vae_decode"],
-        "text_encoder_flops_per_prompt": flops["text_encoder"],
-        "peak_flops_per_s": round(peak),
-        "peak_dtype": peak_dtype,
-        "matmul_flops_per_s": {d: round(r) for d, r in rates.items()},
-    }))
+          f"{s.width}x{s.height}, {s.steps} DDIM steps, {s.dtype} on {device_name(s.device, s.threads)}; "
+          f"best of {repeats}")
+    factory_runs, baseline_runs = interleave(s.images, repeats, out, "bench-inpaint-",
+                                             lambda folder: time_factory(s, folder),
+                                             lambda folder: time_baseline(s, sources, parser, folder))
+    report(images=s.images, steps=s.steps, device=s.device, factory_runs=factory_runs, baseline_runs=baseline_runs,
+           baseline_name="baseline (DLCR-style loop, PNG files)",
+           flops=count_flops(s.preset, s.height, s.width, inpainting=True),
+           settings=dict(preset=s.preset, images=s.images, source_images=s.sources, steps=s.steps, width=s.width,
+                         height=s.height, batch=s.batch, threads=s.threads, dtype=s.dtype, repeats=repeats))
 
 
 if __name__ == "__main__":
