@@ -12,14 +12,15 @@ import pytest
 from factory.bench import resume
 
 
-def test_generate_benchmark_reports_every_figure():
-    # A subprocess: the benchmark sets torch's thread count, which must not leak into other tests.
-    # One thread: on a shared machine, spinning OpenMP threads make a busy core's neighbour crawl.
+def run_benchmark(module: str, argv: list[str]) -> dict:
+    """The benchmark's JSON line, after the figures every throughput benchmark must get right.
+
+    A subprocess: the benchmark sets torch's thread count, which must not leak into other tests.
+    One thread: on a shared machine, spinning OpenMP threads make a busy core's neighbour crawl.
+    """
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    argv = ["--images", "3", "--steps", "2", "--batch-size", "1", "--repeats", "1", "--device", "cpu", "--threads", "1"]
-    out = subprocess.run(
-        [sys.executable, "-m", "factory.bench.generate", *argv], capture_output=True, text=True, env=env, timeout=300
-    )
+    argv = [*argv, "--repeats", "1", "--device", "cpu", "--threads", "1"]
+    out = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("factory_images_per_s", "baseline_images_per_s", "limit_images_per_s", "fraction_of_limit"):
@@ -29,33 +30,23 @@ def test_generate_benchmark_reports_every_figure():
     assert 0 < result["factory_outside_sampling_s"] < min(result["factory_seconds"])
     assert 0 < result["baseline_outside_sampling_s"] < min(result["baseline_seconds"])
     assert result["limit_images_per_s"] == pytest.approx(result["peak_flops_per_s"] / result["flops_per_image"], rel=1e-2)
+    assert (result["torch_device"], result["threads"]) == ("cpu", 1) and result["device"]
+    return result
+
+
+def test_generate_benchmark_reports_every_figure():
+    result = run_benchmark("factory.bench.generate", ["--images", "3", "--steps", "2", "--batch-size", "1"])
     # 3 images round up to whole batches per (identity, camera): 2 cameras x 1 image = 2 per identity.
     assert result["images"] == 4
     assert (result["preset"], result["steps"], result["batch"], result["width"], result["height"]) == ("tiny", 2, 1, 64, 128)
-    assert (result["torch_device"], result["threads"]) == ("cpu", 1) and result["device"]
     assert result["flops_per_image"] == 2 * 2 * result["unet_flops_per_step"] + result["vae_decode_flops"]
 
 
 def test_inpaint_benchmark_reports_every_figure():
-    # A subprocess on one thread, for the reasons above.
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    argv = ["--images", "3", "--steps", "2", "--batch-size", "2", "--repeats", "1", "--device", "cpu", "--threads", "1"]
-    out = subprocess.run(
-        [sys.executable, "-m", "factory.bench.inpaint", *argv], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    for key in ("factory_images_per_s", "baseline_images_per_s", "limit_images_per_s", "fraction_of_limit"):
-        assert result[key] > 0
-    assert result["ratio"] == pytest.approx(result["factory_images_per_s"] / result["baseline_images_per_s"], rel=1e-2)
-    assert 0 < result["fraction_of_limit"] < 1
-    assert 0 < result["factory_outside_sampling_s"] < min(result["factory_seconds"])
-    assert 0 < result["baseline_outside_sampling_s"] < min(result["baseline_seconds"])
-    assert result["limit_images_per_s"] == pytest.approx(result["peak_flops_per_s"] / result["flops_per_image"], rel=1e-2)
+    result = run_benchmark("factory.bench.inpaint", ["--images", "3", "--steps", "2", "--batch-size", "2"])
     # 3 images round up to whole identities: 4 source images x 2 variants each.
     assert (result["images"], result["source_images"]) == (8, 4)
     assert (result["preset"], result["steps"], result["batch"], result["width"], result["height"]) == ("tiny", 2, 2, 64, 128)
-    assert (result["torch_device"], result["threads"]) == ("cpu", 1) and result["device"]
     flops = 2 * 2 * result["unet_flops_per_step"] + result["vae_encode_flops"] + result["vae_decode_flops"]
     assert result["flops_per_image"] == flops
 
