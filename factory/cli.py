@@ -261,6 +261,38 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
 
 
 @app.command()
+def identity(
+    run: str = typer.Argument(..., help=RUN_HELP),
+    reid: str = typer.Option(
+        "world", "--reid", help="'world' (the shipped identity oracle, for world people) or a `factory train-reid` output folder."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Score a run's identity consistency: are its RGB and IR images of one identity one person?
+
+    A ReID model embeds every RGB and IR image; printed are the ROC AUC of RGB-IR
+    similarity for the same identity against different identities (0.5: no identity
+    kept, 1: perfect), RGB->IR and IR->RGB rank-1 over the run's identities with chance
+    (1/N) beside them, overall and per camera pair. The world oracle knows world people
+    only; score runs of real people with a model trained on them (--reid DIR).
+    """
+    _quiet_model_libraries()
+    from factory.reid.run_identity import score_run
+
+    scores = score_run(run, reid)
+    if as_json:
+        print(json.dumps(scores, indent=2))
+        return
+    table = Table(title=f"{scores['run']}: identity consistency ({scores['identities']} identities, reid {reid})")
+    for column in ("cameras (rgb/ir)", "AUC", "RGB->IR rank-1", "IR->RGB rank-1", "chance", "images (rgb/ir)"):
+        table.add_column(column, justify="left" if column.startswith("cameras") else "right")
+    for name, row in {"all": scores, **scores["per_camera"]}.items():
+        table.add_row(name, f"{row['auc']:.4f}", f"{row['rgb_to_ir_rank1']:.4f}", f"{row['ir_to_rgb_rank1']:.4f}",
+                      f"{row['chance']:.4f}", f"{row['rgb_images']}/{row['ir_images']}")
+    out.print(table)
+
+
+@app.command()
 def preview(
     run: str = typer.Argument(..., help=RUN_HELP),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),

@@ -57,16 +57,15 @@ class GeneratorActor:
         return os.getpid()
 
     def process(self, task: GenerationTask) -> TaskResult:
-        from factory.models.pipeline import IDENTITY
-
         self.ready()
         sampler = self.config.sampler
-        prompt = self.config.prompt.format(camera=self.pipeline.camera_code(task.camera), identity=IDENTITY)
+        code = self.pipeline.camera_code(task.camera)
         images: list[GeneratedImage] = []
         for start in range(0, len(task.items), sampler.batch_size):
             batch = task.items[start : start + sampler.batch_size]
+            prompts = [self._prompt(code, item) for item in batch]
             pictures = self.pipeline.generate(
-                [prompt] * len(batch),
+                prompts,
                 [self._vector(item) for item in batch],
                 [item.seed for item in batch],
                 scheduler=sampler.scheduler,
@@ -75,7 +74,7 @@ class GeneratorActor:
                 width=sampler.width,
                 height=sampler.height,
             )
-            for item, picture in zip(batch, pictures):
+            for item, prompt, picture in zip(batch, prompts, pictures):
                 images.append(
                     GeneratedImage(
                         identity=item.identity,
@@ -91,7 +90,15 @@ class GeneratorActor:
                 )
         return TaskResult(task.task_id, task.shard, tuple(images))
 
+    def _prompt(self, camera_code: str, item: Item) -> str:
+        """The spec's prompt for `item`: its words in the identity's place, else the vector's slot."""
+        from factory.models.pipeline import IDENTITY
+
+        return self.config.prompt.format(camera=camera_code, identity=item.text if item.text is not None else IDENTITY)
+
     def _vector(self, item: Item):
+        if item.text is not None:
+            return None
         if item.vector is not None:
             return item.vector
         from factory.models.pipeline import random_identity_vector

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from factory.datasets import load_dataset
+from factory.descriptions import describe_identities
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
 from factory.seeds import derive_seed
@@ -53,13 +54,16 @@ def _dataset_identities(spec: GenerateSpec, banks: dict[str, IdentityBank]) -> l
     records = defaultdict(list)
     for record in splits[chosen.split]:
         records[record.identity].append(record)
+    texts = describe_identities(chosen.descriptions, splits, records) if chosen.descriptions else {}
     people = []
     for pid in sorted(records):
         source = SourceIdentity(splits.dataset, pid)
         real_rgb = tuple((r.path, f"cam{r.camera}") for r in records[pid] if r.modality == "rgb")
         if spec.rgb.source == "real" and not real_rgb:
             continue  # nothing to pair with: DiVE only expands identities that have RGB images
-        if banks:
+        if pid in texts:
+            people.append(Identity(pid, source, real_rgb=real_rgb, text=texts[pid]))
+        elif banks:
             vectors = {m: b.vector_for_source(splits.dataset, pid) for m, b in banks.items()}
             people.append(Identity(pid, source, vectors=vectors, real_rgb=real_rgb))
         else:

@@ -56,6 +56,11 @@ class IdentitySpec(Strict):
       their vectors come from the bank by (dataset, pid) when the model has one, else
       they are sampled per identity: an untrained stand-in until fine-tuning has run.
     sampled: `count` new identities with vectors drawn per identity, numbered from `first_id`.
+
+    descriptions (dataset identities only): each identity's words, which the prompt's
+    {identity} becomes instead of an identity vector: `world` reads the attribute words
+    a procedural world writes for each person (their first image in the split); a path
+    names a JSON object of pid -> text (e.g. from a captioning model).
     """
 
     source: Literal["bank", "dataset", "sampled"]
@@ -66,11 +71,14 @@ class IdentitySpec(Strict):
     limit: int | None = Field(None, ge=1, description="use only the first N identities")
     count: int | None = Field(None, ge=1)
     first_id: int = Field(1_000_000, ge=0)
+    descriptions: str | None = Field(None, description="'world' or a JSON file of pid -> text (dataset identities)")
 
     @model_validator(mode="after")
     def _fields_for_source(self) -> IdentitySpec:
         if self.source == "dataset" and not self.dataset:
             raise ValueError("source 'dataset' needs dataset: a folder (with layout) or a world:// URI")
+        if self.descriptions is not None and self.source != "dataset":
+            raise ValueError("descriptions are read per dataset pid: they need source 'dataset'")
         if self.source == "sampled" and not self.count:
             raise ValueError("source 'sampled' needs count: how many new identities")
         return self
@@ -119,6 +127,10 @@ class GenerateSpec(Strict):
             raise ValueError("ir.source: only the RGB side can come from real images")
         if self.rgb.source == "real" and self.identities.source != "dataset":
             raise ValueError("rgb.source 'real' needs identities.source 'dataset' (whose images to take)")
+        if self.identities.descriptions is not None and any(
+            self.model_for(m).bank for m in MODALITIES if self.side(m).source == "generate"
+        ):
+            raise ValueError("identities.descriptions and a model bank both name who to draw: give one of them")
         return self
 
     def side(self, modality: str) -> ModalitySpec:
@@ -164,6 +176,10 @@ class DatasetSourceSpec(Strict):
     split: str = "train"
     name: str | None = Field(None, description="name recorded in the bank's sources (default: the layout's)")
     single_camera: str | None = Field(None, description="DiVE: all of Market-1501 is one camera, 'cam7'")
+    descriptions: str | None = Field(
+        None, description="'world' or a JSON file of pid -> text: start each identity's tokens from its words"
+    )
+    pids: list[int] | None = Field(None, description="train on these pids of the split only (default: all)")
 
 
 class EmbedSpec(Strict):

@@ -28,6 +28,7 @@ class Identity:
     vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
     vector_seed: int | None = None
     real_rgb: tuple[tuple[Path, str], ...] = ()  # (path, camera) when the RGB side is real
+    text: str | None = None  # words that stand for the identity in the prompt, in place of a vector
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Item:
     seed: int
     vector: np.ndarray | None
     vector_seed: int | None
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,9 @@ def shard_tasks(
         for index in range(images_per_identity):
             camera = camera_for(cameras, index)
             seed = image_seed(run_seed, who.identity, modality, camera, index)
-            by_camera[camera].append(Item(who.identity, index, seed, who.vectors.get(modality), who.vector_seed))
+            by_camera[camera].append(
+                Item(who.identity, index, seed, who.vectors.get(modality), who.vector_seed, who.text)
+            )
     return [
         GenerationTask(
             f"{plan.shard:06d}-{modality}-{camera}-{start // images_per_task:04d}",

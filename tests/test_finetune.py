@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -260,3 +261,50 @@ def test_learned_camera_tokens_train_and_drive_the_engine(tmp_path):
     generate(spec, use_ray=False)
     table = Run(str(tmp_path / "run")).table()
     assert {p.split()[1] for p in table["prompt"].to_pylist()} == {codes["sysu:cam1"], codes["sysu:cam2"], codes["sysu:cam3"]}
+
+
+def test_descriptions_start_each_identity_from_its_words(tmp_path):
+    """K tokens per identity, starting as the rows of its words (shorter ones and undescribed ones padded
+    with token_init); the bank holds [N, K, D] and generation splices all K in."""
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps({"1": "red shirt blue pants", "2": "black coat", "3": "white dress"}))
+    datasets = [{**SPEC["datasets"][0], "descriptions": str(words)}, SPEC["datasets"][1]]
+    spec = make_spec(tmp_path / "ft", datasets=datasets)
+    trainset = build_trainset([_source(s) for s in spec.datasets])
+    assert trainset.words == {0: "red shirt blue pants", 1: "black coat", 2: "white dress"}  # sysu pids renumbered
+    trainer = Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")
+    assert trainer.tokens_per_identity == 4
+    table = trainer.embeddings.detach()
+    word_rows = table[trainer.tokenizer.encode("red shirt blue pants black coat person", add_special_tokens=False)]
+    person = word_rows[-1]
+    start = trainer.identity_rows()
+    torch.testing.assert_close(start[0], word_rows[:4])
+    torch.testing.assert_close(start[1], torch.stack([word_rows[4], word_rows[5], person, person]))
+    torch.testing.assert_close(start[3], person.expand(4, -1))  # a market identity: no description
+    captions = [c for step in range(4) for c in trainer._batch(step, 0)[1]]
+    named = [c for c in captions if "<class_" in c]
+    assert named and all(re.search(r"<class_(\d+)_0> <class_\1_1> <class_\1_2> <class_\1_3> person$", c) for c in named)
+
+    finetune(spec)
+    bank = IdentityBank.load(tmp_path / "ft" / "model" / "bank.safetensors")
+    assert bank.tokens_per_identity == 4 and bank.vectors.shape == (len(bank), 4, bank.dim)
+    model = tmp_path / "ft" / "model"
+    ref = {"preset": "tiny", "lora": str(model / "lora.safetensors"), "bank": str(model / "bank.safetensors"),
+           "camera_codes": str(model / "camera_codes.json")}
+    out = tmp_path / "run"
+    generate(GenerateSpec.model_validate({
+        "run_id": "words", "output": str(out), "model": ref, "identities": {"source": "bank", "ids": [0, 1]},
+        "images_per_identity": 1, "rgb": {"cameras": ["sysu:cam1"]}, "ir": {"cameras": ["sysu:cam3"]},
+        "sampler": {"steps": 2, "width": 32, "height": 64},
+    }), use_ray=False)
+    assert Run(str(out)).table().num_rows == 4
+
+
+def test_descriptions_too_long_for_a_caption_are_refused(tmp_path):
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps({"1": "red " * 70, "2": "black coat", "3": "white dress"}))
+    datasets = [{**SPEC["datasets"][0], "descriptions": str(words)}]
+    spec = make_spec(tmp_path / "ft", datasets=datasets)
+    trainset = build_trainset([_source(s) for s in spec.datasets])
+    with pytest.raises(FactoryError, match="is 70 tokens in the base model's tokenizer; at most 60 fit"):
+        Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")

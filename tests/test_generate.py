@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -205,3 +206,35 @@ def test_preview_draws_the_pairs(reference_run, tmp_path):
     assert result.returncode == 0, result.stderr
     with Image.open(sheet) as image:
         assert image.size == (4 * 64, 3 * (128 + 12))  # 2 samples x (RGB, IR) per identity row
+
+
+def test_identities_named_by_their_words(tmp_path):
+    """descriptions: each dataset identity's text takes {identity}'s place in both modalities' prompts."""
+    world = "world://market?identities=6&seed=2"
+    words = tmp_path / "words.json"
+    words.write_text(json.dumps({"1": "red shirt", "2": "blue pants", "3": "black coat"}))
+    out = str(tmp_path / "run")
+    spec = make_spec(out, run_id="words", identities_per_shard=3,
+                     identities={"source": "dataset", "dataset": world, "descriptions": str(words)})
+    generate(spec, use_ray=False)
+    rows = Run(out).table().to_pylist()
+    assert {(r["identity"], r["prompt"]) for r in rows} == {
+        (pid, f"a {camera} photo of a {text} person")
+        for pid, text in ((1, "red shirt"), (2, "blue pants"), (3, "black coat"))
+        for camera in ("cam1", "cam2", "cam3", "cam6")
+    }
+    again = str(tmp_path / "again")
+    generate(make_spec(again, run_id="words", identities_per_shard=3, identities=spec.identities.model_dump()),
+             use_ray=False)
+    assert member_digests(again) == member_digests(out)
+
+
+def test_world_identities_carry_their_attribute_words(tmp_path):
+    from factory.identities import resolve_identities
+    from factory.world.captions import WORDS_PER_PERSON
+
+    world = "world://market?identities=6&seed=2"
+    spec = make_spec(str(tmp_path / "run"), identities={"source": "dataset", "dataset": world, "descriptions": "world"})
+    people = resolve_identities(spec)
+    assert [p.identity for p in people] == [1, 2, 3]
+    assert all(len(p.text.split()) == WORDS_PER_PERSON for p in people) and len({p.text for p in people}) == 3

@@ -67,3 +67,34 @@ def test_resume_with_another_spec(tmp_path, cache):
     spec = write_spec(tmp_path / "s.yaml", str(out))
     _fails_before_any_image(run_cli("generate", str(spec), "--local", "--resume"), out, "was started from another spec")
     _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "add --resume, or choose a new output")
+
+
+def test_descriptions_need_dataset_identities_and_no_bank(tmp_path, cache):
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "s.yaml", str(out), identities={"source": "sampled", "count": 2, "descriptions": "world"})
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "descriptions are read per dataset pid")
+    bank = tmp_path / "bank.safetensors"
+    IdentityBank.from_vectors([1, 2], np.ones((2, 32), np.float32)).save(bank)
+    spec = write_spec(tmp_path / "s.yaml", str(out), model={"preset": "tiny", "bank": str(bank)},
+                      identities={"source": "dataset", "dataset": "world://market?identities=4&seed=0",
+                                  "descriptions": "world"})
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "give one of them")
+
+
+def test_descriptions_missing_a_pid(tmp_path, cache):
+    words = tmp_path / "words.json"
+    words.write_text('{"1": "red shirt"}')
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "s.yaml", str(out), identities={
+        "source": "dataset", "dataset": "world://market?identities=4&seed=0", "descriptions": str(words)})
+    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "has no text for pid 2")
+
+
+def test_a_description_too_long_for_the_prompt(tmp_path, cache):
+    words = tmp_path / "words.json"
+    words.write_text('{"1": "' + "red " * 90 + '", "2": "blue"}')
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "s.yaml", str(out), identities={
+        "source": "dataset", "dataset": "world://market?identities=4&seed=0", "descriptions": str(words)})
+    result = run_cli("generate", str(spec), "--local")
+    assert result.returncode == 2 and "is too long: it is longer than the 77-token limit" in result.stderr

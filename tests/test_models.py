@@ -152,6 +152,16 @@ def test_bank_round_trip_and_missing_identity(tmp_path):
     assert str(e.value) == f"identity 17 is not in bank {tmp_path / 'bank.safetensors'} (it has 534..535, 1544)"
 
 
+def test_bank_of_several_tokens_per_identity(tmp_path):
+    vectors = np.random.default_rng(1).standard_normal((2, 3, 8)).astype(np.float32)
+    IdentityBank.from_vectors([4, 9], vectors).save(tmp_path / "bank.safetensors")
+    loaded = IdentityBank.load(tmp_path / "bank.safetensors")
+    assert loaded.dim == 8 and loaded.tokens_per_identity == 3
+    assert np.array_equal(loaded.vector(9), vectors[1])
+    with pytest.raises(FactoryError, match=r"expected \[2, dim\] or \[2, tokens, dim\]"):
+        IdentityBank.from_vectors([4, 9], np.zeros((2, 3, 8, 1)))
+
+
 def test_bank_rejects_bad_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(FactoryError, match="not a valid bank file"):
@@ -228,6 +238,19 @@ def test_row_does_not_depend_on_the_rest_of_its_batch(model, vectors):
     ca = pixels(model.generate([PROMPT] * 2, [vectors[3], vectors[0]], [9, 0], **SMALL))
     assert np.array_equal(ab[0], ac[0])
     assert np.array_equal(ab[0], ca[1])  # another slot token and row, same embedding: same image
+
+
+def test_an_identity_of_several_tokens_draws_what_its_words_draw(model, vectors):
+    """K slot rows holding the embeddings of K words give exactly the image of the prompt with those words."""
+    ids = model.pipe.tokenizer.encode("red shirt blue pants", add_special_tokens=False)
+    assert len(ids) == 4
+    rows = model.pipe.text_encoder.get_input_embeddings().weight[ids].detach().numpy().copy()
+    by_words = pixels(model.generate(["a w5eq photo of a red shirt blue pants person"], [None], [0], **SMALL))[0]
+    by_slots = pixels(model.generate([PROMPT, PROMPT], [vectors[1], rows], [3, 0], **SMALL))[1]
+    assert np.array_equal(by_words, by_slots)
+    other = rows.copy()
+    other[0] = vectors[0]  # one token changed: another identity
+    assert not np.array_equal(by_slots, pixels(model.generate([PROMPT], [other], [0], **SMALL))[0])
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))

@@ -3,7 +3,7 @@
     python -m factory.bench.papers [--dive-work runs/bench-dive-world] [--dlcr-work runs/bench-dlcr-world]
 
 Runs `factory.bench.dive_world` (visible-infrared expansion: fine-tune, generate IR for
-RGB-only people, AGW arms, identity-consistency AUC) and `factory.bench.dlcr_world`
+RGB-only people, the identity oracle's scores, AGW arms with their controls and ceiling) and `factory.bench.dlcr_world`
 (clothes-changing expansion: inpainted variants, CAL arms, test-time refinement) with
 their defaults; both cache every stage in their work folders, so a rerun only prints.
 Each prints its own detailed table; this prints the headline figures of both, mean ± std
@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> dict:
     dlcr = dlcr_world.main(["--work", args.dlcr_work, "--jobs", str(args.jobs)])
 
     print("\nDiVE on the world: SYSU-world all-search on held-out people (AGW)")
-    print(f"{'arm':30s} {'mAP':>15s} {'Rank-1':>15s}")
+    print(f"{'arm':30s} {'mAP':>15s} {'Rank-1':>15s} {'mAP gain':>15s}")
     for arm, row in dive["reid"].items():
-        print(f"{arm:30s} {_cell(row['mAP']):>15s} {_cell(row['rank1']):>15s}")
-    print(f"{'identity consistency (ROC AUC)':30s}")
-    for source, auc in dive["identity_auc"].items():
-        print(f"  {source:40s} {_cell(auc)}")
+        print(f"{arm:30s} {_cell(row['mAP']):>15s} {_cell(row['rank1']):>15s} {_cell(row['mAP_gain']):>15s}")
+    print("identity of B's IR against their real RGB (identity oracle)")
+    for source, row in dive["identity"]["oracle"].items():
+        print(f"  {source:30s} AUC {row['auc']:.3f}  RGB->IR rank-1 {row['rgb_to_ir_rank1']:.3f} (chance {row['chance']:.3f})")
     print("\nDLCR on the world: PRCC-world clothes-changing (CAL)")
     print(f"{'arm':30s} {'changed mAP':>15s} {'changed R1':>15s} {'refined mAP':>15s} {'same mAP':>15s}")
     for arm, row in dlcr["results"].items():

@@ -36,6 +36,7 @@ from factory.dlcr.spec import DescriberSpec
 from factory.errors import FactoryError, NotFound
 from factory.seeds import derive_seed
 from factory.storage import storage_for
+from factory.world.annotations import read_annotations
 
 log = logging.getLogger(__name__)
 
@@ -183,19 +184,13 @@ def file_wardrobe(uri: str) -> Wardrobe:
 
 def world_wardrobe(root: Path, groups: list[OutfitImages]) -> Wardrobe:
     """Outfits described by the procedural world's attributes ("Gray shirt| Blue jeans| Black shoes")."""
-    annotations = Path(root) / "world" / "annotations.jsonl"
-    if not annotations.is_file():
-        raise FactoryError(f"wardrobe.source world: {root} is not a procedural world (no world/annotations.jsonl)")
-    described = {}
-    for line in annotations.read_text().splitlines():
-        row = json.loads(line)
-        described[row["path"]] = row["description"]
+    rows = read_annotations(root, "wardrobe.source world")
     outfits = {}
     for group in groups:
         relative = group.images[0][0]
-        if relative not in described:
-            raise FactoryError(f"wardrobe.source world: {relative} has no description in {annotations}")
-        items = tuple(part.strip() for part in described[relative].split("|"))
+        if relative not in rows:
+            raise FactoryError(f"wardrobe.source world: {relative} has no description in {root}/world/annotations.jsonl")
+        items = tuple(part.strip() for part in rows[relative]["description"].split("|"))
         outfits[group.outfit] = Outfit(group.outfit, group.identity, items, prompt_from_items(items), describer="world")
     return Wardrobe(outfits)
 

@@ -62,8 +62,13 @@ def camera_codes(cameras: Sequence[str], seed: int, length: int = 4) -> dict[str
 
 
 def identity_token(identity: int) -> str:
-    """DiVE's textual-inversion token for an identity."""
+    """DiVE's textual-inversion token for an identity (its name in the bank)."""
     return f"<class_{identity}>"
+
+
+def identity_tokens(identity: int, count: int) -> list[str]:
+    """The identity's `count` tokens in the prompt: DiVE's one, or `<class_{i}_{k}>` for several."""
+    return [identity_token(identity)] if count == 1 else [f"<class_{identity}_{k}>" for k in range(count)]
 
 
 def caption(camera_code: str, token: str, rng: random.Random, p_identity: float = 0.5) -> str:

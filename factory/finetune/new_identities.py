@@ -63,7 +63,7 @@ class _Interpolation:
 
     def __init__(self, bank: IdentityBank):
         self.bank = bank
-        self.vectors = bank.vectors.astype(np.float64)
+        self.vectors = bank.vectors.reshape(len(bank), -1).astype(np.float64)
         self.norms = np.linalg.norm(self.vectors, axis=1)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, ...], float | None]:
@@ -91,7 +91,7 @@ def sample_new_identities(
         raise FactoryError(f"unknown new-identity method {method!r}; choose one of {', '.join(METHODS)}")
     if len(bank) < 2:
         raise FactoryError(f"bank {bank.name} has {len(bank)} identities; new identities need at least 2")
-    real = bank.vectors.astype(np.float64)
+    real = bank.vectors.reshape(len(bank), -1).astype(np.float64)  # K tokens: one vector of K x D
     sampler = _Gaussian(real) if method == "gaussian" else _Interpolation(bank)
     rng = np.random.default_rng(derive_seed("new-identities", method, seed))
     accepted: list[NewIdentity] = []
@@ -101,13 +101,12 @@ def sample_new_identities(
             raw, parents, weight = sampler.sample(rng)
             vector = raw.astype(np.float32)  # judge the vector as it will be stored
             to_real = np.linalg.norm(real - vector, axis=1)
-            to_new = [float(np.linalg.norm(vector - other.vector)) for other in accepted]
+            to_new = [float(np.linalg.norm(vector - other.vector.ravel())) for other in accepted]
             closest = min([float(to_real.min()), *to_new])
             if closest >= min_distance:
                 nearest = int(to_real.argmin())
-                accepted.append(
-                    NewIdentity(vector, method, parents, weight, bank.identities[nearest], float(to_real[nearest]))
-                )
+                accepted.append(NewIdentity(vector.reshape(bank.vectors.shape[1:]), method, parents, weight,
+                                            bank.identities[nearest], float(to_real[nearest])))
                 break
             best = max(best, closest)
         else:
@@ -133,7 +132,7 @@ def append_new_identities(bank: IdentityBank, new: list[NewIdentity], first_id: 
     ids = list(range(first_id, first_id + len(new)))
     return IdentityBank.from_vectors(
         identities=bank.identities + ids,
-        vectors=np.concatenate([bank.vectors, np.stack([n.vector for n in new]).reshape(len(new), bank.dim)]),
+        vectors=np.concatenate([bank.vectors, np.stack([n.vector for n in new])]),
         tokens=bank.tokens + [identity_token(i) for i in ids],
         sources=bank.sources + [None] * len(new),
         name=bank.name,

@@ -39,6 +39,11 @@ OnStep = Callable[[str, int, int, float], None]  # (part, step, steps, loss)
 
 
 def concat_banks(first: IdentityBank, second: IdentityBank) -> IdentityBank:
+    if first.tokens_per_identity != second.tokens_per_identity:
+        raise FactoryError(
+            f"cannot extend bank {first.name} ({first.tokens_per_identity} tokens per identity) with identities of "
+            f"{second.tokens_per_identity}: embed mode learns one token per identity"
+        )
     return IdentityBank.from_vectors(
         first.identities + second.identities,
         np.concatenate([first.vectors, second.vectors]),

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from factory.errors import FactoryError
-from factory.finetune.captions import caption, identity_token
+from factory.finetune.captions import caption, identity_tokens
 from factory.finetune.images import load_training_image
 from factory.finetune.trainset import TrainSet
 from factory.models.presets import preset_path
@@ -47,6 +47,7 @@ from factory.specs import FinetuneSpec
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+MAX_IDENTITY_TOKENS = 60  # the longest template, the camera code and the special tokens take the rest of 77
 LOSSES = "losses.jsonl"
 
 
@@ -105,11 +106,15 @@ class Trainer:
         self.noise_scheduler: DDPMScheduler = part(DDPMScheduler, "scheduler")
 
         self.identities = trainset.identities()
-        identity_tokens = [identity_token(i) for i in self.identities]
+        init = self._init_ids(trainset)
+        self.tokens_per_identity = len(next(iter(init.values())))
+        self.identity_tokens = {i: identity_tokens(i, self.tokens_per_identity) for i in self.identities}
         # Learned camera tokens (optional): the code of each camera is a new token whose row trains too.
         self.camera_tokens = sorted(c for c in codes.values() if spec.camera_tokens == "learned")
-        self.token_ids = self._add_tokens(identity_tokens + self.camera_tokens)
-        self.identity_ids = self.token_ids[: len(identity_tokens)]
+        names = [t for i in self.identities for t in self.identity_tokens[i]] + self.camera_tokens
+        init_ids = [t for i in self.identities for t in init[i]] + [self._token_init_id()] * len(self.camera_tokens)
+        self.token_ids = self._add_tokens(names, init_ids)
+        self.identity_ids = self.token_ids[: len(self.identities) * self.tokens_per_identity]
         for model in (self.vae, self.unet, self.text_encoder):
             model.requires_grad_(False)
         self.embeddings = self.text_encoder.get_input_embeddings().weight
@@ -148,20 +153,42 @@ class Trainer:
         self._orders: dict[int, np.ndarray] = {}
         self.step = 0
 
-    def _add_tokens(self, tokens: list[str]) -> list[int]:
-        """New vocabulary rows for `tokens`, each initialised from `token_init`'s embedding."""
-        clash = [t for t in tokens if t in self.tokenizer.get_vocab()]
-        if clash:
-            raise FactoryError(f"the base tokenizer already has {clash[0]}: fine-tune from plain weights")
+    def _token_init_id(self) -> int:
         init = self.tokenizer.encode(self.spec.token_init, add_special_tokens=False)
         if len(init) != 1:
             raise FactoryError(f"token_init {self.spec.token_init!r} is {len(init)} tokens; pick a one-token word")
+        return init[0]
+
+    def _init_ids(self, trainset: TrainSet) -> dict[int, list[int]]:
+        """identity -> the token ids its learned tokens start from (all of one length K).
+
+        DiVE: one token, from `token_init` (D5: explicit and configurable). With
+        descriptions, an identity's K tokens start from its words' tokens (K = the longest
+        description; shorter ones, and identities without one, are filled with `token_init`).
+        """
+        fill = self._token_init_id()
+        words = {i: self.tokenizer.encode(trainset.words[i], add_special_tokens=False)
+                 for i in self.identities if i in trainset.words}
+        k = max((len(ids) for ids in words.values()), default=1)
+        if k > MAX_IDENTITY_TOKENS:
+            longest = max(words, key=lambda i: len(words[i]))
+            raise FactoryError(
+                f"the description of identity {longest} is {k} tokens in the base model's tokenizer; at most "
+                f"{MAX_IDENTITY_TOKENS} fit in a 77-token caption beside its template (use shorter descriptions)"
+            )
+        return {i: words.get(i, []) + [fill] * (k - len(words.get(i, []))) for i in self.identities}
+
+    def _add_tokens(self, tokens: list[str], init_ids: list[int]) -> list[int]:
+        """New vocabulary rows for `tokens`, each a copy of the row of the matching `init_ids`."""
+        clash = [t for t in tokens if t in self.tokenizer.get_vocab()]
+        if clash:
+            raise FactoryError(f"the base tokenizer already has {clash[0]}: fine-tune from plain weights")
         self.tokenizer.add_tokens(tokens)
         self.text_encoder.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
         ids = self.tokenizer.convert_tokens_to_ids(tokens)
         rows = self.text_encoder.get_input_embeddings().weight
         with torch.no_grad():
-            rows[ids] = rows[init[0]].clone()  # D5: an explicit, configurable initialiser
+            rows[ids] = rows[init_ids].clone()
         return ids
 
     # ---- data, derived per step ------------------------------------------------------
@@ -183,8 +210,8 @@ class Trainer:
             image = self.trainset.images[self._epoch_order(position // len(self.trainset.images))[position % len(self.trainset.images)]]
             rng = random.Random(derive_seed(spec.seed, "sample", position))
             pixels.append(load_training_image(image.path, spec.width, spec.height, flip=rng.random() < 0.5))
-            token = identity_token(image.identity)
-            captions.append(caption(self.codes[image.camera], token, rng, spec.p_identity_caption))
+            tokens = " ".join(self.identity_tokens[image.identity])
+            captions.append(caption(self.codes[image.camera], tokens, rng, spec.p_identity_caption))
         return torch.stack(pixels), captions
 
     def _loss(self, pixels: torch.Tensor, captions: list[str], generator: torch.Generator) -> torch.Tensor:
@@ -227,7 +254,10 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------
 
     def identity_rows(self) -> torch.Tensor:
-        return self.embeddings.detach()[self.identity_ids].float().cpu()
+        """[N, D] for one token per identity (DiVE), [N, K, D] for K."""
+        rows = self.embeddings.detach()[self.identity_ids].float().cpu()
+        k = self.tokens_per_identity
+        return rows if k == 1 else rows.reshape(len(self.identities), k, -1)
 
     def camera_rows(self) -> dict[str, torch.Tensor]:
         """Learned camera token -> its row (empty with DiVE's frozen code strings)."""

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from factory.datasets import Record, Splits, load_dataset
+from factory.descriptions import describe_identities
 from factory.errors import FactoryError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class DatasetSource:
     split: str = "train"
     name: str | None = None  # recorded in `sources`; default: the loader's Splits.dataset
     single_camera: str | None = None  # DiVE: all of Market-1501 is one camera "cam7"; None keeps per-camera keys
+    descriptions: str | None = None  # "world" or a JSON file: the words each identity's tokens start from
+    pids: Sequence[int] | None = None  # only these pids of the split (None: all)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class TrainSet:
     sources: dict[int, tuple[str, int]]  # identity -> (dataset name, original pid): the mapping artefact
     cameras: dict[str, str]  # camera key -> modality
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> images left out ("aspect", "unreadable")
+    words: dict[int, str] = field(default_factory=dict)  # identity -> its description, where its source has one
 
     def identities(self) -> list[int]:
         return sorted(self.sources)
@@ -95,11 +99,20 @@ class _Loaded:
     name: str
     root: Path
     records: list[Record]
+    splits: Splits
 
 
 def _load(source: DatasetSource) -> _Loaded:
     splits: Splits = load_dataset(source.dataset, source.layout)
-    return _Loaded(source.name or splits.dataset, splits.root.resolve(), splits[source.split])
+    records = splits[source.split]
+    if source.pids is not None:
+        wanted = set(source.pids)
+        missing = sorted(wanted - {r.identity for r in records})
+        if missing:
+            raise FactoryError(f"{source.dataset}: split {source.split!r} has no pid {missing[0]} "
+                               f"({len(missing)} of the pids asked for are not in it)")
+        records = [r for r in records if r.identity in wanted]
+    return _Loaded(source.name or splits.dataset, splits.root.resolve(), records, splits)
 
 
 def _why_dropped(path: Path, min_aspect: float) -> str | None:
@@ -159,10 +172,17 @@ def build_trainset(
     cameras: dict[str, str] = {}
     images: dict[Path, TrainImage] = {}
     dropped: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
+    words: dict[int, str] = {}
     for source, train in zip(sources, loaded):
         name, records = train.name, train.records
         for pid in sorted({r.identity for r in records}):
             numbers.setdefault((name, pid), first_id + len(numbers))
+        if source.descriptions:
+            by_pid = defaultdict(list)
+            for r in records:
+                by_pid[r.identity].append(r)
+            described = describe_identities(source.descriptions, train.splits, by_pid)
+            words.update({numbers[(name, pid)]: text for pid, text in described.items()})
         for r in records:
             key = f"{name}:{source.single_camera}" if source.single_camera else f"{name}:cam{r.camera}"
             if cameras.setdefault(key, r.modality) != r.modality:
@@ -190,4 +210,5 @@ def build_trainset(
         sources={number: key for key, number in numbers.items()},
         cameras=dict(sorted(cameras.items())),
         dropped=dict(sorted(totals.items())),
+        words=dict(sorted(words.items())),
     )

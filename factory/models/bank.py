@@ -1,7 +1,11 @@
-"""The identity bank: one learned token embedding per identity, as fine-tuning produces them.
+"""The identity bank: the learned token embeddings of each identity, as fine-tuning produces them.
+
+An identity is one token (DiVE's textual inversion: vectors [N, D]) or K tokens that
+stand together in the prompt (vectors [N, K, D]; fine-tuning makes K tokens when it
+starts each identity from its K description words).
 
 The format is fixed here and read by generation: a `.safetensors` file with one float32
-tensor "vectors" [N, D] and string metadata "identities" (JSON list of ints, the identity
+tensor "vectors" [N, D] or [N, K, D] and string metadata "identities" (JSON list of ints, the identity
 of each row), "tokens" (JSON list of the token strings used in training), "sources"
 (JSON list of [dataset, pid] or null, where each identity came from) and, optionally,
 "provenance" (JSON list of objects or null: how each vector was made, e.g.
@@ -61,7 +65,11 @@ class IdentityBank:
 
     @property
     def dim(self) -> int:
-        return int(self.vectors.shape[1])
+        return int(self.vectors.shape[-1])
+
+    @property
+    def tokens_per_identity(self) -> int:
+        return 1 if self.vectors.ndim == 2 else int(self.vectors.shape[1])
 
     def __len__(self) -> int:
         return len(self.identities)
@@ -86,9 +94,10 @@ class IdentityBank:
             else [None] * len(identities)
         )
         provenance = [None if p is None else dict(p) for p in provenance] if provenance is not None else None
-        if vectors.ndim != 2 or vectors.shape[0] != len(identities):
+        if vectors.ndim not in (2, 3) or vectors.shape[0] != len(identities):
             raise FactoryError(
-                f"identity bank {name}: vectors have shape {vectors.shape}, expected [{len(identities)}, dim]"
+                f"identity bank {name}: vectors have shape {vectors.shape}, expected [{len(identities)}, dim] "
+                f"or [{len(identities)}, tokens, dim]"
             )
         if len(tokens) != len(identities) or len(sources) != len(identities):
             raise FactoryError(
@@ -143,7 +152,7 @@ class IdentityBank:
             ) from None
 
     def vector(self, identity: int) -> np.ndarray:
-        """A copy of the identity's embedding, so callers cannot alter the bank."""
+        """A copy of the identity's embedding ([D], or [K, D] for K tokens), so callers cannot alter the bank."""
         return self.vectors[self._row_of(identity)].copy()
 
     def source(self, identity: int) -> Source:

@@ -1,9 +1,11 @@
 """Text-to-image with identity embeddings spliced into the prompt (DiVE's textual inversion).
 
 A prompt names the identity with the `IDENTITY` placeholder. Row i of a batch gets its own
-slot token `<identity_{i}>` whose embedding row is overwritten with that row's identity
-vector just before encoding, so a whole batch of different identities is one text-encoder
-pass, and the mechanism is the same for the tiny preset and real SD 1.5 weights.
+slot tokens `<identity_{i}_{k}>`, one per token of the identity (one for DiVE's tokens, K
+for an identity learned from K description words), whose embedding rows are overwritten
+with that row's identity vectors just before encoding. A whole batch of different
+identities is one text-encoder pass, and the mechanism is the same for the tiny preset
+and real SD 1.5 weights.
 """
 
 from __future__ import annotations
@@ -123,13 +125,13 @@ class TextToImage:
         """Mean L2 norm of the vocabulary's embedding rows: the scale a sampled identity should have."""
         return self._token_norm
 
-    def _slot_ids(self, n: int) -> list[int]:
-        """Token ids of `<identity_0>`..`<identity_{n-1}>`, adding the missing ones once."""
+    def _slot_names(self, row: int, tokens: int) -> list[str]:
+        """The slot tokens of batch row `row` for an identity of `tokens` tokens, added to the vocabulary once."""
         tokenizer = self.pipe.tokenizer
-        names = [f"<identity_{i}>" for i in range(n)]
+        names = [f"<identity_{row}_{k}>" for k in range(tokens)]
         if tokenizer.add_tokens([t for t in names if t not in tokenizer.get_vocab()]):
             self.pipe.text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        return tokenizer.convert_tokens_to_ids(names)
+        return names
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states, token ids) of the padded prompts, as SD's own prompt encoding."""
@@ -141,9 +143,7 @@ class TextToImage:
             return self.pipe.text_encoder(ids.to(self.pipe.device))[0], ids
 
     def _prompt_embeds(self, prompts: list[str], vectors: list[np.ndarray | None]) -> torch.Tensor:
-        slots = self._slot_ids(len(prompts))
-        rows = self.pipe.text_encoder.get_input_embeddings().weight
-        texts = []
+        texts, slots = [], []
         for i, (prompt, vector) in enumerate(zip(prompts, vectors)):
             count = prompt.count(IDENTITY)
             if count > 1 or (count == 1) != (vector is not None):
@@ -151,20 +151,29 @@ class TextToImage:
                     f"prompt {i} {prompt!r} has {count} {IDENTITY} placeholders but "
                     f"{'an identity vector' if vector is not None else 'no identity vector'}: give one with exactly one"
                 )
+            names: list[str] = []
             if vector is not None:
-                vector = np.asarray(vector, dtype=np.float32)
-                if vector.shape != (self.embedding_dim,):
+                given = np.asarray(vector, dtype=np.float32)
+                vector = np.atleast_2d(given)  # one row per token
+                if vector.ndim != 2 or vector.shape[1] != self.embedding_dim:
                     raise FactoryError(
-                        f"identity vector {i} has shape {vector.shape}, the model needs ({self.embedding_dim},)"
+                        f"identity vector {i} has shape {given.shape}, the model needs ({self.embedding_dim},) "
+                        f"or (tokens, {self.embedding_dim})"
                     )
+                names = self._slot_names(i, len(vector))
+                rows = self.pipe.text_encoder.get_input_embeddings().weight  # after any resize
                 with torch.no_grad():
-                    rows[slots[i]] = torch.from_numpy(vector).to(rows.device, rows.dtype)
-            texts.append(prompt.replace(IDENTITY, f"<identity_{i}>"))
-        embeds, ids = self._encode(texts)
-        for i, vector in enumerate(vectors):
-            if vector is not None and slots[i] not in ids[i]:
-                raise FactoryError(f"prompt {i} {prompts[i]!r} is too long: {IDENTITY} falls beyond the 77-token limit")
-        return embeds
+                    rows[self.pipe.tokenizer.convert_tokens_to_ids(names)] = torch.from_numpy(vector).to(
+                        rows.device, rows.dtype
+                    )
+            slots.append(names)
+            texts.append(prompt.replace(IDENTITY, " ".join(names)))
+        tokenizer = self.pipe.tokenizer
+        for i, text in enumerate(texts):  # CLIP would silently cut the rest, e.g. the end of a description
+            if len(tokenizer(text).input_ids) > tokenizer.model_max_length:
+                what = f"{IDENTITY} falls beyond" if slots[i] else "it is longer than"
+                raise FactoryError(f"prompt {i} {prompts[i]!r} is too long: {what} the {tokenizer.model_max_length}-token limit")
+        return self._encode(texts)[0]
 
     def _scheduler(self, name: str) -> SchedulerMixin:
         if name not in SCHEDULERS:

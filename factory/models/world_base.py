@@ -1,40 +1,50 @@
 """The world base model: a small latent-diffusion model trained from scratch on world renders.
 
 The `tiny` preset has random weights, so whatever it generates is noise; fine-tuning
-(DiVE) and the demo need a base that already draws the world's people. This module
-trains one in the standard diffusers layout (VAE, UNet, CLIP text encoder and BPE
-tokenizer, scheduler), small enough to ship in the package (the `world` preset) and cheap
-enough to retrain on a CPU (`python -m factory.bench.train_base`).
+(DiVE) and the demo need a base that draws the world's people, and draws *the person a
+prompt describes*. This module trains one in the standard diffusers layout (VAE, UNet,
+CLIP text encoder and BPE tokenizer, scheduler), small enough to ship in the package
+(the `world` preset) and cheap enough to retrain on a CPU (`python -m
+factory.bench.train_base`).
 
-What it learns from: world images of people of world seed `WORLD_SEED` (1000; the
-evaluation and demo datasets use seeds below 200), from every camera of the SYSU-like
-rig (cam1, cam2, cam4, cam5 RGB; cam3, cam6 IR), captioned the way generation prompts
-are written: "a cam3 photo of a <identity> person". The camera word is what carries
-the modality (and scene), since one pipeline serves both sides; a modality word
-("rgb" / "infrared") appears in some captions too. Half of the captions hold an
-identity slot filled with a fresh random vector of typical token norm, exactly what
-generation splices in for a newly sampled identity, so the model draws a person
-whatever the slot holds; a tenth are empty, so classifier-free guidance has an
-unconditional model to push against.
+What it learns from: renders of people of world seed `WORLD_SEED` (1000; evaluation and
+demo worlds use seeds below 200, the identity oracle its own), through every camera of
+the SYSU-like rig (cam1, cam2, cam4, cam5 RGB; cam3, cam6 IR), captioned the way
+generation prompts are written, with the person's attribute words in the identity's
+place (`factory.world.captions`):
+
+    a cam3 photo of a tall slim fair black short nohat none noglasses red plain none
+    cotton tshirt navy denim pants black nobag none person
+
+Appearance then has a language, as Stable Diffusion's has from its pre-training: an
+identity token learned on this base (DiVE's textual inversion) starts from, and lives
+among, words that mean hair, clothes and build, in RGB and IR alike. Caption variants
+teach the parts of that language one by one: infrared captions open the colour words
+half of the time (`any`: IR shows materials, not colours), any word is opened with a
+small probability, a tenth of the captions name only the camera, and a tenth are empty
+(the unconditional model classifier-free guidance pushes against).
 
 Two stages, both seeded: (a) an `AutoencoderKL` (4x downsampling, 4 latent channels,
 no attention, hence fully convolutional and trained on crops), then (b) the UNet and
-the text encoder jointly on latents encoded once. The text encoder trains too because
-a random one gives camera words no meaning that fine-tuning's new token rows could
-build on; it learns them here. Loss: epsilon MSE with min-SNR-5 weighting (Hang et
+the text encoder jointly on latents encoded once. The text encoder trains because the
+words have no meaning before this. Loss: epsilon MSE with min-SNR-5 weighting (Hang et
 al. 2023: faster convergence); the weights kept are an exponential moving average.
+Stage (b) checkpoints every `checkpoint_every` steps into a work folder and resumes
+from the last checkpoint; each step's batch, captions and noise derive from (seed,
+step), so a resumed run makes the same weights as one that never stopped.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import json
 import math
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,19 +52,24 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from factory.finetune.captions import CAPTION_TEMPLATES
-from factory.models.pipeline import IDENTITY
 from factory.models.presets import SD15_SCHEDULER
-from factory.models.tokenizer import BOS, EOS, MAX_LENGTH, build_clip_tokenizer
+from factory.models.tokenizer import BOS, DEFAULT_WORDS, EOS, MAX_LENGTH, build_clip_tokenizer
 from factory.seeds import derive_seed
+from factory.world.captions import ANY, VOCABULARY, describe_words, ir_words
 from factory.world.people import make_person
 from factory.world.render import SYSU_LIKE_CAMERAS, Camera, render
 
 WORLD_SEED = 1000
 MODALITY_WORDS = {"rgb": "rgb", "ir": "infrared"}
-P_UNCOND, P_SLOT = 0.1, 0.5
+TOKENIZER_WORDS = (*DEFAULT_WORDS, *VOCABULARY, "cam")
+P_UNCOND = 0.1  # empty caption
+P_CAMERA_ONLY = 0.1  # "a cam1 photo of a person"
+P_IR_COLOURS_OPEN = 0.5  # an IR caption's colour words are `any`
+P_WORD_OPEN = 0.1  # any one word is `any`
 IMAGES_PER_IDENTITY = 6
 CHECKSUMS = "SHA256SUMS"
 
@@ -63,9 +78,9 @@ CHECKSUMS = "SHA256SUMS"
 class TrainConfig:
     """Everything that decides the weights (with the library versions and the CPU's kernels)."""
 
-    images: int = 6000
+    images: int = 24000
     vae_steps: int = 4000
-    unet_steps: int = 4500
+    unet_steps: int = 20000
     vae_batch_size: int = 8
     batch_size: int = 16
     height: int = 128
@@ -74,14 +89,16 @@ class TrainConfig:
     world_seed: int = WORLD_SEED
     vae_lr: float = 4e-3
     unet_lr: float = 2e-3
+    checkpoint_every: int = 500
     device: str = "cpu"
 
 
 def architecture(tokenizer: CLIPTokenizer, height: int = 128) -> dict[str, dict]:
     """Constructor arguments of the VAE, UNet and text encoder (`CLIPTextConfig` kwargs).
 
-    Sized so all weights together stay near 3 MB: the UNet attends (self and cross) at
-    its lower level only, where 128 positions make attention cheap on a CPU.
+    Sized so every weight file stays under 5 MB (float32): the UNet cross-attends to the
+    caption at its two lower levels (16x8 and 8x4 latent positions for 128x64 images)
+    and in its middle, where attention is cheap on a CPU and sees the whole figure.
     """
     vocab = tokenizer.get_vocab()
     return dict(
@@ -100,12 +117,12 @@ def architecture(tokenizer: CLIPTokenizer, height: int = 128) -> dict[str, dict]
         unet=dict(
             in_channels=4,
             out_channels=4,
-            block_out_channels=(32, 48),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            mid_block_type=None,
+            block_out_channels=(32, 48, 48),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            mid_block_type="UNetMidBlock2DCrossAttn",
             layers_per_block=1,
-            attention_head_dim=(2, 4),
+            attention_head_dim=(2, 4, 4),
             norm_num_groups=16,
             cross_attention_dim=64,
             sample_size=height // 4,
@@ -114,7 +131,7 @@ def architecture(tokenizer: CLIPTokenizer, height: int = 128) -> dict[str, dict]
             vocab_size=len(tokenizer),
             hidden_size=64,
             intermediate_size=128,
-            num_hidden_layers=2,
+            num_hidden_layers=3,
             num_attention_heads=4,
             max_position_embeddings=MAX_LENGTH,
             bos_token_id=vocab[BOS],
@@ -128,15 +145,23 @@ def architecture(tokenizer: CLIPTokenizer, height: int = 128) -> dict[str, dict]
 # ---------------------------------------------------------------------------- data
 
 
-def render_images(count: int, world_seed: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[Camera]]:
-    """`count` world images as uint8 [N, 3, H, W] and the camera of each.
+@dataclass(frozen=True)
+class Renders:
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    cameras: list[Camera]
+    words: list[list[str]]  # each image's person, as `factory.world.captions` describes them
+
+
+def render_images(count: int, world_seed: int, size: tuple[int, int]) -> Renders:
+    """`count` world images with the camera and the description of each.
 
     Image k shows identity k // 6 through camera k % 6 (so each identity is seen by all
-    six cameras), in outfit k % 2; views, poses and crops vary per image.
+    six cameras), in outfit k % 2 (so both outfits reach both modalities); views, poses
+    and crops vary per image.
     """
     width, height = size
     images = torch.empty((count, 3, height, width), dtype=torch.uint8)
-    cameras = []
+    cameras, words = [], []
     for k in range(count):
         if k % IMAGES_PER_IDENTITY == 0:
             person = make_person(k // IMAGES_PER_IDENTITY, world_seed)
@@ -144,47 +169,26 @@ def render_images(count: int, world_seed: int, size: tuple[int, int]) -> tuple[t
         image = render(person, k % 2, camera, seed=derive_seed("world-base", world_seed, k), size=size).image
         images[k] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
         cameras.append(camera)
-    return images, cameras
+        words.append(describe_words(person, k % 2))
+    return Renders(images, cameras, words)
 
 
-def world_caption(camera: Camera, rng: random.Random) -> str:
-    """A caption naming the camera (sometimes with its modality word, sometimes only that word).
+def world_caption(camera: Camera, words: list[str], rng: random.Random) -> str:
+    """A training caption: camera (or modality word) and the person's words, some opened.
 
-    Half of the templates are the generation prompt's own ("a {} photo of a {}").
+    Half of the captions use the generation prompt's own template ("a {} photo of a {}").
     """
     if rng.random() < P_UNCOND:
         return ""
     word = MODALITY_WORDS[camera.modality]
     phrase = rng.choice((camera.name, camera.name, f"{word} {camera.name}", word))
     template = CAPTION_TEMPLATES[0] if rng.random() < 0.5 else rng.choice(CAPTION_TEMPLATES)
-    person = f"{IDENTITY} person" if rng.random() < P_SLOT / (1 - P_UNCOND) else "person"
-    return template.format(phrase, person)
-
-
-class IdentitySlots:
-    """Token-embedding hooks that put row i's vector wherever row i holds the slot token.
-
-    The training twin of `TextToImage`'s `<identity_i>` rows: the slot token is beyond
-    the saved vocabulary, so the hooks read it as token 0 and then overwrite its output.
-    """
-
-    def __init__(self, text_encoder: CLIPTextModel, slot_id: int):
-        self.slot_id = slot_id
-        self.vectors: torch.Tensor | None = None
-        self._mask: torch.Tensor | None = None
-        embedding = text_encoder.get_input_embeddings()
-        self._handles = [embedding.register_forward_pre_hook(self._ids), embedding.register_forward_hook(self._rows)]
-
-    def _ids(self, module, args):
-        self._mask = args[0] == self.slot_id
-        return (args[0].masked_fill(self._mask, 0),)
-
-    def _rows(self, module, args, output):
-        return torch.where(self._mask[..., None], self.vectors[:, None, :].to(output.dtype), output)
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+    if rng.random() < P_CAMERA_ONLY / (1 - P_UNCOND):
+        return template.format(phrase, "person")
+    if camera.modality == "ir" and rng.random() < P_IR_COLOURS_OPEN:
+        words = ir_words(words)
+    words = [ANY if rng.random() < P_WORD_OPEN else w for w in words]
+    return template.format(phrase, " ".join(words) + " person")
 
 
 # ---------------------------------------------------------------------------- training
@@ -204,12 +208,13 @@ Progress = Callable[[str, int, int, float, float], None]  # stage, step, steps, 
 class _Meter:
     """Reports the mean loss and images/s every `every` steps, and keeps the final window's mean."""
 
-    def __init__(self, stage: str, steps: int, batch: int, progress: Progress, every: int = 50):
+    def __init__(self, stage: str, steps: int, batch: int, progress: Progress, every: int = 50, start: int = 0):
         self.stage, self.steps, self.batch, self.progress, self.every = stage, steps, batch, progress, every
         self.losses: list[float] = []
-        self.start = self.last = time.perf_counter()
+        self.begin = self.last = time.perf_counter()
         self.final = float("nan")
         self.seconds = 0.0
+        self.first = start
 
     def add(self, step: int, loss: float) -> None:
         self.losses.append(loss)
@@ -217,7 +222,7 @@ class _Meter:
             now = time.perf_counter()
             self.final = float(np.mean(self.losses))
             self.progress(self.stage, step + 1, self.steps, self.final, len(self.losses) * self.batch / (now - self.last))
-            self.losses, self.last, self.seconds = [], now, now - self.start
+            self.losses, self.last, self.seconds = [], now, now - self.begin
 
 
 def _pixels(images: torch.Tensor, device: str) -> torch.Tensor:
@@ -267,65 +272,91 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor, device: str) -> tup
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(
-    unet: UNet2DConditionModel,
-    text_encoder: CLIPTextModel,
-    tokenizer: CLIPTokenizer,
-    latents: tuple[torch.Tensor, torch.Tensor],
-    cameras: list[Camera],
-    scaling: float,
-    cfg: TrainConfig,
-    progress: Progress,
-) -> _Meter:
-    """UNet and text encoder jointly, epsilon prediction with min-SNR-5 loss weights.
+class UNetStage:
+    """The UNet and the text encoder trained jointly, with checkpoints in `work` and exact resume."""
 
-    The weights kept are an exponential moving average (warm-up 1 - (1 + step)^-2/3,
-    at most 0.9995), the usual remedy for the step-to-step noise of a short run at a
-    high learning rate (not compared here with the last step's weights).
-    """
-    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "unet"))
-    rng = random.Random(derive_seed(cfg.seed, "captions"))
-    scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
-    alphas = scheduler.alphas_cumprod
-    slot_tokenizer = copy.deepcopy(tokenizer)  # the saved tokenizer stays without the slot token
-    slot_tokenizer.add_tokens([IDENTITY])
-    slots = IdentitySlots(text_encoder, slot_tokenizer.convert_tokens_to_ids(IDENTITY))
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    ema = EMAModel(params, decay=0.9995, use_ema_warmup=True)
-    meter = _Meter("unet", cfg.unet_steps, cfg.batch_size, progress)
-    means, stds = latents
-    unet.train()
-    text_encoder.train()
-    for step in range(cfg.unet_steps):
-        index = torch.randint(len(means), (cfg.batch_size,), generator=generator)
-        z = means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)
-        z = (z * scaling).to(cfg.device)
-        noise = torch.randn(z.shape, generator=generator).to(cfg.device)
-        t = torch.randint(scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=generator)
-        captions = [world_caption(cameras[i], rng) for i in index.tolist()]
-        ids = slot_tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt")
-        table = text_encoder.get_input_embeddings().weight
-        direction = F.normalize(torch.randn((cfg.batch_size, table.shape[1]), generator=generator), dim=1)
-        slots.vectors = direction.to(cfg.device) * table.detach().norm(dim=1).mean()
-        hidden = text_encoder(ids.input_ids.to(cfg.device))[0]
-        prediction = unet(scheduler.add_noise(z, noise, t.to(cfg.device)), t.to(cfg.device), hidden).sample
-        snr = alphas[t] / (1 - alphas[t])
-        weights = (snr.clamp(max=5.0) / snr).to(cfg.device)
-        loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        ema.step(params)
-        meter.add(step, loss.item())
-    ema.copy_to(params)
-    slots.remove()
-    unet.eval()
-    text_encoder.eval()
-    return meter
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 cfg: TrainConfig, work: Path):
+        self.unet, self.text_encoder, self.tokenizer, self.cfg, self.work = unet, text_encoder, tokenizer, cfg, work
+        self.params = [*unet.parameters(), *text_encoder.parameters()]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.unet_lr, weight_decay=1e-2)
+        # Warm-up 1 - (1 + step)^-2/3, at most 0.9995: the usual remedy for the step-to-step
+        # noise of a short run at a high learning rate.
+        self.ema = EMAModel(self.params, decay=0.9995, use_ema_warmup=True)
+        self.scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
+        self.step = 0
+
+    # A checkpoint: the weights, the EMA, the optimizer and the step; written to a temp
+    # folder and renamed, so a killed run leaves the previous checkpoint whole.
+    def save(self) -> None:
+        staging = Path(tempfile.mkdtemp(prefix=".unet-", dir=self.work))
+        save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, staging / "unet.safetensors")
+        save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()}, staging / "text.safetensors")
+        ema = self.ema.state_dict()
+        save_file({f"{i}": p.contiguous() for i, p in enumerate(ema.pop("shadow_params"))}, staging / "ema.safetensors")
+        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({"step": self.step, "ema": ema, "config": asdict(self.cfg)}))
+        final = self.work / "unet-checkpoint"
+        shutil.rmtree(final, ignore_errors=True)
+        staging.replace(final)
+
+    def load(self) -> bool:
+        folder = self.work / "unet-checkpoint"
+        if not (folder / "state.json").is_file():
+            return False
+        state = json.loads((folder / "state.json").read_text())
+        if state["config"] != json.loads(json.dumps(asdict(self.cfg))):
+            raise ValueError(f"{folder} was made with other settings; use another --work folder")
+        self.unet.load_state_dict(load_file(folder / "unet.safetensors"))
+        self.text_encoder.load_state_dict(load_file(folder / "text.safetensors"))
+        shadow = load_file(folder / "ema.safetensors")
+        self.ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+        # weights_only: the optimizer state is tensors and numbers; nothing is unpickled.
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.step = state["step"]
+        return True
+
+    def train(self, latents: tuple[torch.Tensor, torch.Tensor], renders: Renders, scaling: float,
+              progress: Progress) -> _Meter:
+        """Epsilon prediction with min-SNR-5 loss weights, until `cfg.unet_steps`; then the EMA weights are kept."""
+        cfg, device = self.cfg, self.cfg.device
+        alphas = self.scheduler.alphas_cumprod
+        means, stds = latents
+        meter = _Meter("unet", cfg.unet_steps, cfg.batch_size, progress, start=self.step)
+        self.unet.train()
+        self.text_encoder.train()
+        while self.step < cfg.unet_steps:
+            step = self.step
+            generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "unet", step))
+            rng = random.Random(derive_seed(cfg.seed, "captions", step))
+            index = torch.randint(len(means), (cfg.batch_size,), generator=generator)
+            z = means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)
+            z = (z * scaling).to(device)
+            noise = torch.randn(z.shape, generator=generator).to(device)
+            t = torch.randint(self.scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=generator)
+            captions = [world_caption(renders.cameras[i], renders.words[i], rng) for i in index.tolist()]
+            ids = self.tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                                 return_tensors="pt").input_ids
+            hidden = self.text_encoder(ids.to(device))[0]
+            prediction = self.unet(self.scheduler.add_noise(z, noise, t.to(device)), t.to(device), hidden).sample
+            snr = alphas[t] / (1 - alphas[t])
+            weights = (snr.clamp(max=5.0) / snr).to(device)
+            loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+            for group in self.optimizer.param_groups:
+                group["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.optimizer.step()
+            self.ema.step(self.params)
+            meter.add(step, loss.item())
+            self.step += 1
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.unet_steps:
+                self.save()
+        self.ema.copy_to(self.params)
+        self.unet.eval()
+        self.text_encoder.eval()
+        return meter
 
 
 def write_checksums(folder: Path) -> None:
@@ -335,40 +366,69 @@ def write_checksums(folder: Path) -> None:
     (folder / CHECKSUMS).write_text("".join(lines))
 
 
-def train(cfg: TrainConfig, out: Path, progress: Progress) -> dict:
-    """Train both stages and save the pipeline at `out`; returns the figures the script prints."""
+_VAE_SETTINGS = ("images", "vae_steps", "vae_batch_size", "height", "width", "seed", "world_seed", "vae_lr")
+
+
+def _vae_stage(vae: AutoencoderKL, images: torch.Tensor, cfg: TrainConfig, work: Path, progress: Progress):
+    """Train the VAE and encode every image once, or load both from `work` when a previous run got that far."""
+    done = work / "vae.safetensors"
+    settings = {k: getattr(cfg, k) for k in _VAE_SETTINGS}
+    if done.is_file():
+        made_with = json.loads(done.with_suffix(".json").read_text()) if done.with_suffix(".json").is_file() else None
+        if made_with != settings:
+            raise ValueError(f"{done} was made with other settings; use another --work folder")
+        vae.load_state_dict(load_file(done))
+        vae.eval()
+        latents = load_file(work / "latents.safetensors")
+        return latents["means"], latents["stds"], 0.0
+    meter = train_vae(vae, images, cfg, progress)
+    means, stds = encode_latents(vae, images, cfg.device)
+    save_file({"means": means.contiguous(), "stds": stds.contiguous()}, work / "latents.safetensors")
+    done.with_suffix(".json").write_text(json.dumps(settings))
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, done)  # last: marks the stage done
+    return means, stds, meter.seconds
+
+
+def train(cfg: TrainConfig, out: Path, progress: Progress, work: Path | None = None) -> dict:
+    """Train both stages and save the pipeline at `out`; returns the figures the script prints.
+
+    `work` keeps the VAE stage and UNet checkpoints (default: a temporary folder, so no resume);
+    rerunning with the same `work` and settings continues where the last run stopped.
+    """
     out = Path(out)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:  # the pipeline saves the tokenizer in its own format
-        tokenizer = build_clip_tokenizer(Path(tmp))
-    configs = architecture(tokenizer, cfg.height)
-    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        vae = AutoencoderKL(**configs["vae"]).to(cfg.device)
-        unet = UNet2DConditionModel(**configs["unet"]).to(cfg.device)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text"])).to(cfg.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(work) if work is not None else Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        tokenizer = build_clip_tokenizer(Path(scratch) / "tokenizer", TOKENIZER_WORDS)
+        configs = architecture(tokenizer, cfg.height)
+        with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
+            torch.manual_seed(derive_seed(cfg.seed, "init"))
+            vae = AutoencoderKL(**configs["vae"]).to(cfg.device)
+            unet = UNet2DConditionModel(**configs["unet"]).to(cfg.device)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text"])).to(cfg.device)
 
-    images, cameras = render_images(cfg.images, cfg.world_seed, (cfg.width, cfg.height))
-    render_s = time.perf_counter() - start
-    vae_meter = train_vae(vae, images, cfg, progress)
-    encode_start = time.perf_counter()
-    latents = encode_latents(vae, images, cfg.device)
-    scaling = float(1.0 / latents[0].std())
-    vae.register_to_config(scaling_factor=scaling)
-    encode_s = time.perf_counter() - encode_start
-    unet_meter = train_unet(unet, text_encoder, tokenizer, latents, cameras, scaling, cfg, progress)
+        renders = render_images(cfg.images, cfg.world_seed, (cfg.width, cfg.height))
+        render_s = time.perf_counter() - start
+        means, stds, vae_s = _vae_stage(vae, renders.images, cfg, work, progress)
+        scaling = float(1.0 / means.std())
+        vae.register_to_config(scaling_factor=scaling)
+        stage = UNetStage(unet, text_encoder, tokenizer, cfg, work)
+        if stage.load():
+            progress("unet", stage.step, cfg.unet_steps, float("nan"), 0.0)
+        unet_meter = stage.train((means, stds), renders, scaling, progress)
 
-    pipe = StableDiffusionPipeline(
-        vae=vae.cpu(),
-        text_encoder=text_encoder.cpu(),
-        tokenizer=tokenizer,
-        unet=unet.cpu(),
-        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
+        pipe = StableDiffusionPipeline(
+            vae=vae.cpu(),
+            text_encoder=text_encoder.cpu(),
+            tokenizer=tokenizer,
+            unet=unet.cpu(),
+            scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(out, safe_serialization=True)
     write_checksums(out)
     weights = {p.parent.name: p.stat().st_size for p in sorted(out.glob("*/*.safetensors"))}
     return dict(
@@ -381,12 +441,11 @@ def train(cfg: TrainConfig, out: Path, progress: Progress) -> dict:
         steps=dict(vae=cfg.vae_steps, unet=cfg.unet_steps),
         seconds=dict(
             render=round(render_s, 1),
-            vae=round(vae_meter.seconds, 1),
-            encode=round(encode_s, 1),
+            vae=round(vae_s, 1),
             unet=round(unet_meter.seconds, 1),
             total=round(time.perf_counter() - start, 1),
         ),
-        final_loss=dict(vae=round(vae_meter.final, 5), unet=round(unet_meter.final, 5)),
+        final_loss=dict(unet=round(unet_meter.final, 5)),
         latent_scaling=round(scaling, 5),
         params={name: sum(p.numel() for p in m.parameters()) for name, m in
                 (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))},

@@ -5,7 +5,8 @@ the rules each loader reads back), with the same index files. Ground truth goes 
 side folder that no loader looks at:
 
     ROOT/world/parsing/<image path>.png   the image's LIP label map, as SCHP writes it
-    ROOT/world/annotations.jsonl          per image: identity, outfit, its description, camera, view, seed
+    ROOT/world/annotations.jsonl          per image: identity, outfit, its description (DLCR's format) and
+                                          attribute words (`factory.world.captions`), camera, view, seed
     ROOT/world/world.json                 what was rendered, with which parameters
 
 Every image's seed is derived from (world seed, identity, camera, modality, outfit,
@@ -26,10 +27,11 @@ from PIL import Image
 
 from factory.errors import FactoryError
 from factory.seeds import derive_seed
+from factory.world.captions import describe
 from factory.world.people import Person, make_person
 from factory.world.render import SYSU_LIKE_CAMERAS, Camera, render
 
-WORLD_VERSION = 1  # bump when rendering changes, so cached worlds are rebuilt
+WORLD_VERSION = 2  # bump when rendering or annotations change, so cached worlds are rebuilt
 
 
 @dataclass
@@ -65,6 +67,7 @@ class WorldWriter:
                 "pid": identity if pid is None else pid,
                 "outfit": f"{identity}_{outfit}",
                 "description": person.outfits[outfit].description(),
+                "words": describe(person, outfit),
                 "camera": camera.name,
                 "modality": camera.modality,
                 "view": rendered.view,

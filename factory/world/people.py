@@ -92,8 +92,8 @@ _BOTTOM_MATERIALS = {
 _BOTTOM_COLOURS = ("Black", "Navy", "Blue", "Gray", "Khaki", "Brown", "Beige", "White", "Olive", "Maroon", "Red")
 _DENIM_COLOURS = ("Blue", "Navy", "Black", "Gray")
 _SHOE_COLOURS = ("Black", "White", "Brown", "Gray", "Red", "Blue", "Navy", "Beige")
-_SKIN_TONES = ((250, 215, 190), (235, 190, 160), (215, 165, 125), (185, 135, 95), (145, 100, 70), (105, 70, 50))
-_HAIR_COLOURS = {
+SKIN_TONES = ((250, 215, 190), (235, 190, 160), (215, 165, 125), (185, 135, 95), (145, 100, 70), (105, 70, 50))
+HAIR_COLOURS = {
     "black": (22, 20, 20),
     "dark brown": (55, 36, 26),
     "brown": (105, 68, 42),
@@ -230,11 +230,11 @@ def make_person(identity: int, seed: int, outfits: int = 2) -> Person:
     body = np.random.default_rng(_seed_words(seed, identity, 0x5EED_B0D1))
     height = float(np.clip(body.normal(1.72, 0.09), 1.50, 1.95))
     build = float(np.clip(body.normal(1.0, 0.09), 0.84, 1.22))
-    tone = np.array(_SKIN_TONES[int(body.integers(len(_SKIN_TONES)))]) + body.integers(-8, 9, size=3)
+    tone = np.array(SKIN_TONES[int(body.integers(len(SKIN_TONES)))]) + body.integers(-8, 9, size=3)
     skin_tone = tuple(int(c) for c in np.clip(tone, 0, 255))
     hair_style = _choice(body, HAIR_STYLES, (0.27, 0.12, 0.22, 0.14, 0.1, 0.15))
-    hair_name = _choice(body, list(_HAIR_COLOURS), _HAIR_COLOUR_WEIGHTS)
-    hair_color = tuple(int(c) for c in np.clip(np.array(_HAIR_COLOURS[hair_name]) + body.integers(-6, 7, 3), 0, 255))
+    hair_name = _choice(body, list(HAIR_COLOURS), _HAIR_COLOUR_WEIGHTS)
+    hair_color = tuple(int(c) for c in np.clip(np.array(HAIR_COLOURS[hair_name]) + body.integers(-6, 7, 3), 0, 255))
     hat = bool(body.random() < 0.2)
     bag = bool(body.random() < 0.4)
     glasses = bool(body.random() < 0.22)
