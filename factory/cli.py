@@ -264,7 +264,8 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
 def identity(
     run: str = typer.Argument(..., help=RUN_HELP),
     reid: str = typer.Option(
-        "world", "--reid", help="'world' (the shipped identity oracle, for world people) or a `factory train-reid` output folder."
+        "world", "--reid",
+        help="'world' (the shipped identity oracle, for world people) or a `factory train-reid` output folder.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:

@@ -116,3 +116,32 @@ def test_bad_input_is_one_line(tmp_path, small_model):
     _fails(run_cli("identity", str(pairs), "--reid", str(tmp_path / "absent")), "no such folder")
     _fails(run_cli("identity", str(pairs), "--reid", str(tmp_path / "empty")), "no trained model here")
     _fails(run_cli("identity", str(tmp_path / "empty"), *reid), "no run at")
+
+
+def test_oracle_renders_are_deterministic_and_mixed_as_asked():
+    first = render_set(range(3), 5, size=(32, 16), degraded=0.5, other_scenes=0.5)
+    again = render_set(range(3), 5, size=(32, 16), degraded=0.5, other_scenes=0.5)
+    plain = render_set(range(3), 5, size=(32, 16))
+    assert np.array_equal(first.images, again.images)
+    assert len(first) == 3 * 2 * 6 and first.modalities.count("ir") == 3 * 2 * 2
+    assert sorted(set(first.clothes)) == [f"{i}_{o}" for i in range(3) for o in (0, 1)]
+    changed = [not np.array_equal(a, b) for a, b in zip(first.images, plain.images)]
+    assert 0 < sum(changed) < len(changed)  # some images degraded or moved to another scene, not all
+
+
+def test_attribute_targets_hide_colour_from_infrared():
+    from factory.bench.train_oracle import attribute_targets
+    from factory.world.captions import COLOUR_SLOTS, SLOTS
+
+    part = render_set(range(4), 5, size=(32, 16))
+    targets = attribute_targets(part, 5)
+    assert set(targets) == set(SLOTS)
+    ir = np.array([m == "ir" for m in part.modalities])
+    for slot, column in targets.items():
+        assert len(column) == len(part)
+        if slot in COLOUR_SLOTS:
+            assert (column[ir] == -1).all() and (column[~ir] >= 0).all()
+        else:
+            assert (column >= 0).all()
+            for clothes in set(part.clothes):  # one outfit, one word, whatever the camera
+                assert len({int(c) for c, k in zip(column, part.clothes) if k == clothes}) == 1

@@ -86,7 +86,8 @@ def test_training_resumes_from_its_checkpoint_to_the_same_bytes(tmp_path):
     args = [*TINY[:4], "--unet-steps", "40", "--checkpoint-every", "5", *TINY[6:]]
     assert train_base(["--out", str(tmp_path / "straight"), *args]) == 0
     work = tmp_path / "work"
-    command = [sys.executable, "-m", "factory.bench.train_base", "--out", str(tmp_path / "resumed"), "--work", str(work)]
+    command = [sys.executable, "-m", "factory.bench.train_base", "--out", str(tmp_path / "resumed"),
+               "--work", str(work)]
     killed = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = work / "unet-checkpoint" / "state.json"
     deadline = time.monotonic() + 120

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--work", type=Path, default=Path("runs/bench-demo-identity"))
     parser.add_argument("--spec", type=Path, default=DEMO)
-    parser.add_argument("--worlds", nargs="+", default=["0:12", "5:40"], help="SEED:IDENTITIES of the Market-like world")
+    parser.add_argument("--worlds", nargs="+", default=["0:12", "5:40"],
+                        help="SEED:IDENTITIES of the Market-like world")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     demo = load_spec(args.spec, GenerateSpec)

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--finetune-steps", type=int, default=2000)
     parser.add_argument("--ir-per-identity", type=int, default=6, help="generated IR images per B person")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (DPM-Solver++)")
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", type=float, default=6.0)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batches-per-epoch", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once, one torch thread each")

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{arm:30s} {_cell(row['mAP']):>15s} {_cell(row['rank1']):>15s} {_cell(row['mAP_gain']):>15s}")
     print("identity of B's IR against their real RGB (identity oracle)")
     for source, row in dive["identity"]["oracle"].items():
-        print(f"  {source:30s} AUC {row['auc']:.3f}  RGB->IR rank-1 {row['rgb_to_ir_rank1']:.3f} (chance {row['chance']:.3f})")
+        print(f"  {source:30s} AUC {row['auc']:.3f}  RGB->IR rank-1 {row['rgb_to_ir_rank1']:.3f} "
+              f"(chance {row['chance']:.3f})")
     print("\nDLCR on the world: PRCC-world clothes-changing (CAL)")
     print(f"{'arm':30s} {'changed mAP':>15s} {'changed R1':>15s} {'refined mAP':>15s} {'same mAP':>15s}")
     for arm, row in dlcr["results"].items():

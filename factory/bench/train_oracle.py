@@ -31,13 +31,87 @@ from pathlib import Path
 
 import torch
 
+import numpy as np
+from torch import nn
+
 from factory.models.world_base import write_checksums
+from factory.reid.data import TrainSet
+from factory.reid.losses import CrossEntropyLabelSmooth, WRTLoss
 from factory.reid.oracle import ORACLE_WORLD_SEED, evaluate_on_renders, load_reid, render_set
 from factory.reid.run import save_model
+from factory.reid.sampler import IdentitySampler
 from factory.reid.spec import ModelSpec, TrainSpec
-from factory.reid.train import train_model
+from factory.reid.train import Trained, _views, build_reid_model, lr_factor
+from factory.world.captions import COLOUR_SLOTS, SLOTS, describe_words
+from factory.world.people import make_person
 
 MODEL = ModelSpec(arch="agw", preset="tiny", height=128, width=64)
+
+
+def attribute_targets(part: TrainSet, world_seed: int) -> dict[str, np.ndarray]:
+    """Per attribute slot, each image's word as a class index (-1 where the image cannot show it: colour in IR)."""
+    words = {}
+    for clothes in sorted(set(part.clothes)):
+        identity, outfit = (int(x) for x in clothes.split("_"))
+        words[clothes] = describe_words(make_person(identity, world_seed), outfit)
+    targets = {}
+    for n, slot in enumerate(SLOTS):
+        vocabulary = {w: i for i, w in enumerate(sorted({w[n] for w in words.values()}))}
+        column = np.array([vocabulary[words[c][n]] for c in part.clothes])
+        if slot in COLOUR_SLOTS:
+            column[[m == "ir" for m in part.modalities]] = -1
+        targets[slot] = column
+    return targets
+
+
+def train_with_attributes(part: TrainSet, targets: dict[str, np.ndarray], model_spec: ModelSpec, train: TrainSpec,
+                          seed: int, on_epoch) -> Trained:
+    """AGW (cross-entropy + WRT, P x K per modality) plus one linear attribute classifier per slot on the
+    BN feature, trained together; the classifiers are dropped afterwards (the saved model is plain AGW).
+
+    The identity loss alone learns the training people; the attribute loss makes the
+    feature carry what both modalities show of anyone (materials, patterns, garment
+    kinds, hair, hat, glasses, bag), which is what it must match for people it never saw.
+    """
+    torch.manual_seed(seed)
+    sampler = IdentitySampler(part, p=train.p, k=train.k, modalities=("rgb", "ir"), seed=seed,
+                              batches_per_epoch=train.batches_per_epoch)
+    relabel = {pid: j for j, pid in enumerate(sampler.identities)}
+    device = torch.device(train.device)
+    model = build_reid_model(model_spec, len(relabel)).to(device)
+    heads = nn.ModuleDict({slot: nn.Linear(model.pool_dim, int(t.max()) + 1) for slot, t in targets.items()}).to(device)
+    params = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=train.lr, weight_decay=train.weight_decay)
+    ce, wrt = CrossEntropyLabelSmooth(0.0), WRTLoss()
+    attribute_ce = nn.CrossEntropyLoss(ignore_index=-1)
+    model.train()
+    for epoch in range(train.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = train.lr * lr_factor(epoch, train.warmup_epochs, train.milestones)
+        rng = np.random.default_rng([seed, epoch, 1])
+        totals = {"loss": 0.0, "id": 0.0, "attributes": 0.0, "triplet_acc": 0.0}
+        for batch in sampler.epoch(epoch):
+            y = torch.tensor([relabel[pid] for pid in batch.labels], device=device)
+            x_rgb = _views(part.images, batch.indices["rgb"], "visible", rng, 0.0, device)
+            x_ir = _views(part.images, batch.indices["ir"], "visible", rng, 0.0, device)
+            feats, logits = model(x_rgb, x_ir, modality="both")
+            labels = torch.cat([y, y])
+            id_loss = ce(logits, labels)
+            metric, correct = wrt(feats, labels)
+            shown = batch.indices["rgb"] + batch.indices["ir"]
+            bn = model.bottleneck(feats)
+            attributes = torch.stack([attribute_ce(head(bn), torch.from_numpy(targets[slot][shown]).to(device))
+                                      for slot, head in heads.items()]).mean()
+            loss = id_loss + metric + attributes
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for name, value in (("loss", loss), ("id", id_loss), ("attributes", attributes)):
+                totals[name] += float(value.detach()) / sampler.batches_per_epoch
+            totals["triplet_acc"] += correct / len(labels) / sampler.batches_per_epoch
+        on_epoch(epoch, totals, model)
+    model.eval()
+    return Trained(model, sampler.identities, [])
 
 
 def report(name: str, scores: dict) -> None:
@@ -80,10 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
                           warmup_epochs=2, device=args.device)
 
         def on_epoch(epoch: int, stats: dict, model) -> None:
-            print(f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} id {stats['id']:.4f} "
-                  f"triplet acc {stats['triplet_acc']:.3f} ({time.monotonic() - started:.0f} s)", flush=True)
+            print(f"epoch {epoch + 1}/{args.epochs} loss {stats['loss']:.4f} id {stats['id']:.4f} attributes "
+                  f"{stats['attributes']:.4f} triplet acc {stats['triplet_acc']:.3f} "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
 
-        trained = train_model(trainset, MODEL, train, seed=args.seed, on_epoch=on_epoch)
+        targets = attribute_targets(trainset, ORACLE_WORLD_SEED)
+        trained = train_with_attributes(trainset, targets, MODEL, train, args.seed, on_epoch)
         args.out.mkdir(parents=True, exist_ok=True)
         save_model(trained, MODEL, args.out)
         write_checksums(args.out)

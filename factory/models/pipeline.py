@@ -172,7 +172,8 @@ class TextToImage:
         for i, text in enumerate(texts):  # CLIP would silently cut the rest, e.g. the end of a description
             if len(tokenizer(text).input_ids) > tokenizer.model_max_length:
                 what = f"{IDENTITY} falls beyond" if slots[i] else "it is longer than"
-                raise FactoryError(f"prompt {i} {prompts[i]!r} is too long: {what} the {tokenizer.model_max_length}-token limit")
+                limit = tokenizer.model_max_length
+                raise FactoryError(f"prompt {i} {prompts[i]!r} is too long: {what} the {limit}-token limit")
         return self._encode(texts)[0]
 
     def _scheduler(self, name: str) -> SchedulerMixin:

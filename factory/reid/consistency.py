@@ -76,7 +76,9 @@ def cross_modal_scores(rgb: Side, ir: Side) -> dict:
     """
     shared = np.intersect1d(rgb.identities, ir.identities)
     if len(shared) < 2:
-        raise ValueError(f"identity consistency needs 2 or more identities with both RGB and IR images, not {len(shared)}")
+        raise ValueError(
+            f"identity consistency needs 2 or more identities with both RGB and IR images, not {len(shared)}"
+        )
     rgb, ir = rgb.among(shared), ir.among(shared)
     result = _scores(rgb, ir)
     per_camera = {}
