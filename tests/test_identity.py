@@ -145,3 +145,49 @@ def test_attribute_targets_hide_colour_from_infrared():
             assert (column >= 0).all()
             for clothes in set(part.clothes):  # one outfit, one word, whatever the camera
                 assert len({int(c) for c, k in zip(column, part.clothes) if k == clothes}) == 1
+
+
+def test_oracle_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    import torch
+
+    from factory.bench.train_oracle import attribute_targets, train_with_attributes
+
+    part = render_set(range(4), 5, size=(64, 32))
+    targets = attribute_targets(part, 5)
+    model_spec = ModelSpec(arch="agw", preset="tiny", height=64, width=32)
+
+    def train(epochs: int, checkpoint=None):
+        spec = TrainSpec(epochs=epochs, p=2, k=2, batches_per_epoch=2, warmup_epochs=0, milestones=[], device="cpu")
+        ran = []
+        model = train_with_attributes(part, targets, model_spec, spec, 0, lambda epoch, *a: ran.append(epoch),
+                                      checkpoint).model
+        return model, ran
+
+    straight, _ = train(2)
+    checkpoint = tmp_path / "checkpoint.pt"
+    train(1, checkpoint)  # "killed" after one epoch: the checkpoint holds it
+    assert torch.load(checkpoint, weights_only=True)["epochs_done"] == 1
+    resumed, ran = train(2, checkpoint)
+    assert ran == [1]  # only the epoch that was left
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_oracle_script_trains_a_folder_factory_identity_loads(tmp_path):
+    import torch
+
+    from factory.bench import train_oracle
+
+    threads = torch.get_num_threads()
+    try:
+        summary = train_oracle.main(["--out", str(tmp_path / "oracle"), "--identities", "8", "--epochs", "1",
+                                     "--test-people", "4"])
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["training"]["identities"] == 8 and summary["training"]["images"] == 8 * 12
+    assert set(summary["renders"]) == {"same_outfit", "other_scenes", "other_outfit", "degraded"}
+    assert all(row["identities"] == 4 and row["chance"] == 0.25 for row in summary["renders"].values())
+    run = tmp_path / "run"
+    write_demo_run(str(run), shards=1, identities_per_shard=3)
+    result = run_cli("identity", str(run), "--reid", str(tmp_path / "oracle"), "--json")
+    assert result.returncode == 0, result.stderr

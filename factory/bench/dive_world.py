@@ -236,6 +236,7 @@ def arm_key(trainset: TrainSet, seed: int, train: TrainSpec, sysu: str) -> str:
 def train_arm(arm: str, trainset: TrainSet, seed: int, train: TrainSpec, sysu: str, cache: Path) -> None:
     """Train and evaluate one arm (in a worker process, one torch thread); the result goes to `cache`."""
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # subnormal weights late in training slow a CPU step several times over
     started = time.monotonic()
     trained = train_model(trainset, AGW, train, seed=seed)
     metrics = evaluate_model(trained.model, load_dataset(sysu), SIZE, EvaluationSpec(modes=["all"], trials=10))

@@ -19,7 +19,8 @@ AUC of same vs different person over every RGB x IR pair, RGB->IR and IR->RGB ra
 for the same outfit in both modalities (what a generated pair is), for another outfit
 in IR, and for degraded renders. The last line is one JSON object. Training writes the
 model folder (`model.safetensors`, `model.json`, `SHA256SUMS`) that `factory identity
---reid DIR` and `load_reid` read. On a GPU add `--device cuda` (not run here).
+--reid DIR` and `load_reid` read; until it finishes, `--out` holds a checkpoint after
+every epoch and the same command continues from it. On a GPU add `--device cuda` (not run here).
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ def attribute_targets(part: TrainSet, world_seed: int) -> dict[str, np.ndarray]:
 
 
 def train_with_attributes(part: TrainSet, targets: dict[str, np.ndarray], model_spec: ModelSpec, train: TrainSpec,
-                          seed: int, on_epoch) -> Trained:
+                          seed: int, on_epoch, checkpoint: Path | None = None) -> Trained:
     """AGW (cross-entropy + WRT, P x K per modality) plus one linear attribute classifier per slot on the
     BN feature, trained together; the classifiers are dropped afterwards (the saved model is plain AGW).
 
     The identity loss alone learns the training people; the attribute loss makes the
     feature carry what both modalities show of anyone (materials, patterns, garment
     kinds, hair, hat, glasses, bag), which is what it must match for people it never saw.
+    With `checkpoint`, the state is saved after every epoch and a rerun continues from it.
     """
     torch.manual_seed(seed)
     sampler = IdentitySampler(part, p=train.p, k=train.k, modalities=("rgb", "ir"), seed=seed,
@@ -84,8 +86,16 @@ def train_with_attributes(part: TrainSet, targets: dict[str, np.ndarray], model_
     optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=train.lr, weight_decay=train.weight_decay)
     ce, wrt = CrossEntropyLabelSmooth(0.0), WRTLoss()
     attribute_ce = nn.CrossEntropyLoss(ignore_index=-1)
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["epochs_done"])
+        print(f"resumed from {checkpoint} after epoch {start}", flush=True)
     model.train()
-    for epoch in range(train.epochs):
+    for epoch in range(start, train.epochs):
         for group in optimizer.param_groups:
             group["lr"] = train.lr * lr_factor(epoch, train.warmup_epochs, train.milestones)
         rng = np.random.default_rng([seed, epoch, 1])
@@ -109,6 +119,11 @@ def train_with_attributes(part: TrainSet, targets: dict[str, np.ndarray], model_
             for name, value in (("loss", loss), ("id", id_loss), ("attributes", attributes)):
                 totals[name] += float(value.detach()) / sampler.batches_per_epoch
             totals["triplet_acc"] += correct / len(labels) / sampler.batches_per_epoch
+        if checkpoint is not None:  # written whole, then renamed: a kill never leaves half a checkpoint
+            partial = checkpoint.with_suffix(".partial")
+            torch.save({"model": model.state_dict(), "heads": heads.state_dict(),
+                        "optimizer": optimizer.state_dict(), "epochs_done": epoch + 1}, partial)
+            partial.replace(checkpoint)
         on_epoch(epoch, totals, model)
     model.eval()
     return Trained(model, sampler.identities, [])
@@ -142,6 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     if (args.out is None) == (not args.check):
         parser.error("give --out (train and check) or --check (check only)")
     torch.set_num_threads(args.threads)
+    # Late in training many weights and gradients turn subnormal, which x86 CPUs compute
+    # tens of times slower (epochs went from 45 s to 300 s); flushing them to zero costs nothing.
+    torch.set_flush_denormal(True)
     summary: dict = {}
     if args.out is not None:
         started = time.monotonic()
@@ -159,9 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({time.monotonic() - started:.0f} s)", flush=True)
 
         targets = attribute_targets(trainset, ORACLE_WORLD_SEED)
-        trained = train_with_attributes(trainset, targets, MODEL, train, args.seed, on_epoch)
         args.out.mkdir(parents=True, exist_ok=True)
+        checkpoint = args.out / "checkpoint.pt"
+        trained = train_with_attributes(trainset, targets, MODEL, train, args.seed, on_epoch, checkpoint)
         save_model(trained, MODEL, args.out)
+        checkpoint.unlink()
         write_checksums(args.out)
         summary["training"] = {"identities": args.identities, "images": len(trainset), "epochs": args.epochs,
                                "p": args.p, "k": args.k, "lr": args.lr, "degraded": args.degraded,
