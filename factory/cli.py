@@ -285,8 +285,9 @@ def identity(
         print(json.dumps(scores, indent=2))
         return
     table = Table(title=f"{scores['run']}: identity consistency ({scores['identities']} identities, reid {reid})")
-    for column in ("cameras (rgb/ir)", "AUC", "RGB->IR rank-1", "IR->RGB rank-1", "chance", "images (rgb/ir)"):
-        table.add_column(column, justify="left" if column.startswith("cameras") else "right")
+    table.add_column("cameras (rgb/ir)", no_wrap=True)  # a camera pair is read whole or not at all
+    for column in ("AUC", "RGB->IR rank-1", "IR->RGB rank-1", "chance", "images (rgb/ir)"):
+        table.add_column(column, justify="right")
     for name, row in {"all": scores, **scores["per_camera"]}.items():
         table.add_row(name, f"{row['auc']:.4f}", f"{row['rgb_to_ir_rank1']:.4f}", f"{row['ir_to_rgb_rank1']:.4f}",
                       f"{row['chance']:.4f}", f"{row['rgb_images']}/{row['ir_images']}")
