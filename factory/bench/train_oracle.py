@@ -30,9 +30,8 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 from torch import nn
 
 from factory.models.world_base import write_checksums
