@@ -250,6 +250,7 @@ def test_augmentation_deterministic_per_generator():
 # --- training beats initialisation ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # about 3 minutes on 2 CPU cores: CI runs it, the `-m "not slow"` loop does not
 def test_training_beats_initialisation(monkeypatch, tmp_path):
     """Tiny two-stream AGW net (CE + WRT, Adam 2e-3, 30 epochs) on the SYSU-like world, all-search, 10 galleries.
 
