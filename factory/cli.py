@@ -1,4 +1,4 @@
-"""The `factory` command line (command names are fixed by DESIGN.md §5).
+"""The `factory` command line (its command names are part of the interface: scripts and docs call them).
 
 Exit codes: 0 success; 1 the run failed a check (verify); 2 a usage or input
 problem, printed as one line without a traceback.

@@ -3,7 +3,7 @@
 The driver keeps the queue; a pool leases each task to one idle actor and hands back
 outcomes. A lease ends when the actor answers, when it dies (Ray restarts it: the
 constructor runs again and the pipeline is reloaded) or when the task outlives its
-timeout (the actor is killed and restarted, REFERENCE.md §10's tail hangs). In every
+timeout (the actor is killed and restarted, docs/METHODS.md §9's tail hangs). In every
 failure the task goes back to the queue; the driver bounds its attempts. A task that
 raised a `FactoryError` (bad input: a retry would fail the same way) comes back fatal.
 

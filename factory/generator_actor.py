@@ -3,7 +3,7 @@
 A plain class: `setup()` loads the pipeline once, `process(task)` makes, batches and
 encodes one task's images. Ray wraps it at run time (`factory.distributor`); tests and
 GPU machines without Ray call it directly, the same code either way. Images leave as
-encoded bytes, never as arrays (REFERENCE.md §10: binary blobs spill the object store).
+encoded bytes, never as arrays (docs/METHODS.md §9: binary blobs spill the object store).
 """
 
 from __future__ import annotations

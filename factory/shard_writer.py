@@ -7,7 +7,7 @@
 The tar is built in a local temp file (members of a sample adjacent, fixed mtime and
 owner, so the same samples give the same bytes), each member's data offset, size and
 sha256 recorded as it is written. `commit()` stores the tar, and only once that
-succeeded writes the fragment: the commit marker (DESIGN.md §3). Leaving the `with`
+succeeded writes the fragment: the commit marker (ARCHITECTURE.md, "A run"). Leaving the `with`
 block on an exception, or without `commit()`, discards the local tar; nothing is
 stored, so resume redoes the shard.
 """

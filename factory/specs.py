@@ -23,7 +23,7 @@ class Strict(BaseModel):
 
 
 class SamplerSpec(Strict):
-    """How images are sampled. Defaults are DiVE's generation settings (REFERENCE.md §2.3)."""
+    """How images are sampled. Defaults are DiVE's generation settings (docs/METHODS.md §2.3)."""
 
     scheduler: Literal["ddim", "dpm++", "euler_a"] = "dpm++"
     steps: int = Field(50, ge=1, le=1000)
@@ -202,7 +202,7 @@ class NewIdentitiesSpec(Strict):
 
 
 class FinetuneSpec(Strict):
-    """DiVE fine-tuning (REFERENCE.md §2.2): UNet LoRA + identity tokens, camera codes in the captions."""
+    """DiVE fine-tuning (docs/METHODS.md §2.2): UNet LoRA + identity tokens, camera codes in the captions."""
 
     run_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     output: str = Field(description="local folder for checkpoints and the exported model")

@@ -81,7 +81,7 @@ class ShardPlan:
 
 
 def image_seed(run_seed: int, identity: int, modality: str, camera: str, index: int) -> int:
-    """DESIGN.md §4: every image's seed derives from (run seed, identity, modality, camera, index)."""
+    """Every image's seed derives from (run seed, identity, modality, camera, index)."""
     return derive_seed(run_seed, identity, modality, camera, index)
 
 

@@ -1,7 +1,7 @@
 """The factory's data contract: what a run is and how to read, resume and verify it.
 
 Training jobs import this package; it must never import torch, diffusers or ray.
-See DESIGN.md §3 and ARCHITECTURE.md.
+See ARCHITECTURE.md.
 """
 
 from manifests.errors import BadKey, ManifestError, ResumeRefused, RunNotFound, SchemaVersionError

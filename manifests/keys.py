@@ -1,4 +1,4 @@
-"""Sample keys and tar member names (REFERENCE.md §8).
+"""Sample keys and tar member names (docs/METHODS.md §7).
 
 WebDataset splits a member name at the first dot of its basename: everything before
 is the sample key, everything after is the field. So keys may not contain dots, and
@@ -19,7 +19,7 @@ MAX_MEMBER_NAME = 100
 
 
 def sample_key(identity: int, index: int) -> str:
-    """The contract's key for image `index` of `identity` (DESIGN.md §3)."""
+    """The contract's key for image `index` of `identity` (ARCHITECTURE.md, "A run")."""
     if identity < 0 or index < 0:
         raise BadKey(f"identity and index must be non-negative, got {identity}, {index}")
     return f"id{identity:07d}_{index:04d}"

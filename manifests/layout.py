@@ -1,4 +1,4 @@
-"""Where everything of a run lives under its URI (DESIGN.md §3).
+"""Where everything of a run lives under its URI (ARCHITECTURE.md, "A run").
 
 ```
 RUN/run.json                 written first

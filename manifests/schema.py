@@ -1,4 +1,4 @@
-"""The manifest schema: one row per image (DESIGN.md §3).
+"""The manifest schema: one row per image (ARCHITECTURE.md, "A run").
 
 Bump `SCHEMA_VERSION` on any change to `SCHEMA`; readers refuse versions they do not
 know rather than guess.

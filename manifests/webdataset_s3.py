@@ -1,6 +1,6 @@
 """Let plain `webdataset` read `s3://` shard URLs through `factory.storage`.
 
-webdataset has no S3 scheme of its own (REFERENCE.md §8); the alternative,
+webdataset has no S3 scheme of its own (docs/METHODS.md §7); the alternative,
 `pipe:aws s3 cp ...`, shells out per shard. Registering a `gopen` handler gives it a
 persistent boto3 stream with the same endpoint, credentials and retries the run was
 written with.

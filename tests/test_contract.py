@@ -93,7 +93,7 @@ def test_fragment_rows_have_the_schema_columns(tmp_path):
     write_demo_run(run_uri, shards=1)
     table = Run(run_uri).table()
     assert table.schema.equals(SCHEMA)
-    # DESIGN.md §3's minimum columns
+    # the data contract's minimum columns (ARCHITECTURE.md)
     required = (
         "run_id shard shard_uri key member identity source_identity modality camera origin clothes parent "
         "seed prompt model width height nbytes sha256 offset created_at"

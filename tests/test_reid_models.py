@@ -1,4 +1,4 @@
-"""Two-stream AGW/CAJ ReID models (REFERENCE.md §6): network parts, losses, CAJ augmentation, training."""
+"""Two-stream AGW/CAJ ReID models (docs/METHODS.md §6): network parts, losses, CAJ augmentation, training."""
 
 from __future__ import annotations
 

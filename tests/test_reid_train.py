@@ -126,7 +126,7 @@ def test_synthetic_share_is_held_in_every_batch_and_batches_depend_on_seed_and_e
 
 def test_dlcr_progressive_schedule():
     assert [progressive_fraction(e) for e in (0, 5, 6, 10, 11, 15, 16, 40)] == [0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0, 1.0]
-    # ten variants: 2 -> 5 -> 7 -> 10 usable, as REFERENCE.md §3.5 says
+    # ten variants: 2 -> 5 -> 7 -> 10 usable, as docs/METHODS.md §3.5 says
     assert [usable_variants(10, f) for f in (0.25, 0.5, 0.75, 1.0)] == [2, 5, 7, 10]
     assert usable_variants(1, 0.25) == 1
 

@@ -4,7 +4,7 @@
     python -m factory.bench.dlcr_world --identities 12 --seeds 0 --epochs 1 --variants 1 \\
         --query-variants 1 --steps 2 --p 2 --k 2            # a smoke run, under a minute
 
-DLCR's experiment (REFERENCE.md §3) on `world://prcc?identities=N&seed=0` (N = 150: 85
+DLCR's experiment (docs/METHODS.md §3) on `world://prcc?identities=N&seed=0` (N = 150: 85
 training identities, 510 images, 2 per camera, A and B in one outfit, C in another; 50
 test identities: gallery A, same-clothes queries B, clothes-changing queries C, 100
 each), in stages, each cached in `--work` and skipped when already finished (a changed

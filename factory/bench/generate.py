@@ -2,9 +2,9 @@
 
     python -m factory.bench.generate                  # CPU dev run: tiny preset, 64x128, 10 steps, 48 images
     python -m factory.bench.generate --preset sd15 --width 256 --height 512 --steps 50 \\
-        --batch-size 16 --images 512 --repeats 3 --device cuda   # GPU: DiVE's settings (REFERENCE.md §2.3)
+        --batch-size 16 --images 512 --repeats 3 --device cuda   # GPU: DiVE's settings (docs/METHODS.md §2.3)
 
-Both sides make the same images the DiVE way (REFERENCE.md §2.3): generated IR only, on
+Both sides make the same images the DiVE way (docs/METHODS.md §2.3): generated IR only, on
 cam3 and cam6, B images per (identity, camera) so every pipeline call is a full batch,
 DPM-Solver++ (order 2), guidance 7.5, no negative prompt, float16 on GPU and float32 on
 CPU (the engine's `dtype: auto`; DiVE's fp16 is a GPU setting).

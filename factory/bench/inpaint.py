@@ -2,9 +2,9 @@
 
     python -m factory.bench.inpaint                   # CPU dev run: tiny preset, 64x128, 10 steps, 48 images
     python -m factory.bench.inpaint --preset sd15 --height 768 --width 256 --steps 50 \\
-        --batch-size 5 --images 500 --repeats 3 --device cuda   # GPU: DLCR's settings (REFERENCE.md §3.3)
+        --batch-size 5 --images 500 --repeats 3 --device cuda   # GPU: DLCR's settings (docs/METHODS.md §3.3)
 
-Both sides make the same variants the DLCR way (REFERENCE.md §3.3): RGB source images of a
+Both sides make the same variants the DLCR way (docs/METHODS.md §3.3): RGB source images of a
 PRCC-like procedural world, its ground-truth LIP maps as the masks and its attribute
 descriptions as the wardrobe; B variants per source image, all in one pipeline call, so
 every call is a full batch; DDIM, guidance 7.5, strength 1, eta 0, no negative prompt,
@@ -91,7 +91,7 @@ class Settings:
 
 
 def sampler_spec(s: Settings) -> InpaintSamplerSpec:
-    """DLCR's sampler (REFERENCE.md §3.3) at the benchmark's size and steps."""
+    """DLCR's sampler (docs/METHODS.md §3.3) at the benchmark's size and steps."""
     return InpaintSamplerSpec(
         scheduler="ddim", steps=s.steps, guidance=7.5, strength=1.0, eta=0.0, width=s.width, height=s.height,
         batch_size=s.batch,

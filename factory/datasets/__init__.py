@@ -1,4 +1,4 @@
-"""Loaders for the real ReID datasets' exact layouts (REFERENCE.md §4).
+"""Loaders for the real ReID datasets' exact layouts (docs/METHODS.md §4).
 
     splits = load_dataset("/data/SYSU-MM01", layout="sysu")
     splits = load_dataset("world://prcc?identities=40&seed=0")   # rendered once, then cached

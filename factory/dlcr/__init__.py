@@ -1,4 +1,4 @@
-"""DLCR clothes-changing expansion (REFERENCE.md §3): `factory inpaint`.
+"""DLCR clothes-changing expansion (docs/METHODS.md §3): `factory inpaint`.
 
 Stages, each a small class that is set up once and then fed batches:
 

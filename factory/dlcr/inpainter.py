@@ -1,4 +1,4 @@
-"""SD inpainting and DLCR's paste-back (REFERENCE.md §3.3).
+"""SD inpainting and DLCR's paste-back (docs/METHODS.md §3.3).
 
 The pipeline sees the source bicubic-resized to the sampler's size (768×256 by
 default) and the mask bicubic-resized the same way and thresholded at > 0 (which grows

@@ -1,4 +1,4 @@
-"""Identity-preserving masks (REFERENCE.md §3.1): a human parser, then DLCR's clothing rule.
+"""Identity-preserving masks (docs/METHODS.md §3.1): a human parser, then DLCR's clothing rule.
 
 A parser gives each image a label map at the image's own size. DLCR inpaints every
 pixel whose LIP label is not kept (background, hat, hair, face, arms, legs), so face,

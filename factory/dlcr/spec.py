@@ -1,6 +1,6 @@
 """The `factory inpaint` job spec: a YAML file validated before any work (like `GenerateSpec`).
 
-Defaults are DLCR's (REFERENCE.md §3): LIP clothing labels, no dilation, DDIM with 50
+Defaults are DLCR's (docs/METHODS.md §3): LIP clothing labels, no dilation, DDIM with 50
 steps, guidance 7.5, strength 1, eta 0, 768×256 (H×W), batches of 5, 10 variants.
 """
 
@@ -19,7 +19,7 @@ from factory.specs import ResourcesSpec, Strict
 class InpaintModelRef(Strict):
     """The inpainting model: a preset or a local diffusers folder whose UNet takes 9 or 4 input channels.
 
-    9 channels (DLCR's choice, REFERENCE.md §3.3): an SD inpainting UNet, conditioned on the
+    9 channels (DLCR's choice, docs/METHODS.md §3.3): an SD inpainting UNet, conditioned on the
     mask and the masked image's latents; `tiny`/`sd15` are built with that input.
     4 channels: a text-to-image UNet (the shipped `world` preset, or any SD folder), which
     inpaints by latent blending, as diffusers' StableDiffusionInpaintPipeline does for it:
@@ -90,7 +90,7 @@ class MaskSpec(Strict):
 
 
 class DescriberSpec(Strict):
-    """DLCR's descriptions (REFERENCE.md §3.2): a VLM per image, an LLM per outfit."""
+    """DLCR's descriptions (docs/METHODS.md §3.2): a VLM per image, an LLM per outfit."""
 
     vlm: str = Field(description="local folder of a transformers image-text-to-text model (LLaVA-style)")
     llm: str = Field(description="local folder of a transformers text-generation model")

@@ -1,4 +1,4 @@
-"""Target outfits: what each source image is dressed in (REFERENCE.md §3.3, §11.2 L7).
+"""Target outfits: what each source image is dressed in (docs/METHODS.md §3.3).
 
 DLCR draws, unseeded, from all training identities' outfits and keeps those that differ
 from the source's. Here the draw is seeded per source image, only OTHER identities'

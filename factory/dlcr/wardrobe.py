@@ -1,4 +1,4 @@
-"""Outfits and their prompts (REFERENCE.md §3.2): the clothes a source image is dressed in.
+"""Outfits and their prompts (docs/METHODS.md §3.2): the clothes a source image is dressed in.
 
 An outfit is a dataset's clothes id (PRCC "{pid}_AB"/"{pid}_C", LTCC "{pid}_{cloth}"; a
 dataset without clothes ids has one outfit per identity, "{pid}") with its owner and a

@@ -1,4 +1,4 @@
-"""ReID evaluation (REFERENCE.md section 5) as pure numpy: ranking metrics and benchmark protocols.
+"""ReID evaluation (docs/METHODS.md §5) as pure numpy: ranking metrics and benchmark protocols.
 
 Kept free of torch so manifests, tests and reports can score features anywhere.
 """

@@ -1,4 +1,4 @@
-"""Ranking metrics for ReID: CMC, mAP and mINP (REFERENCE.md section 5.1).
+"""Ranking metrics for ReID: CMC, mAP and mINP (docs/METHODS.md §5.1).
 
 Semantics follow torchreid's `eval_market1501`, with fast-reid's mINP and the
 optional pid de-duplicated CMC of the VI-ReID code (`eval_sysu`, `eval_llcm`).

@@ -1,4 +1,4 @@
-"""The benchmark protocols of REFERENCE.md section 5.2, built on `metrics.evaluate`.
+"""The benchmark protocols of docs/METHODS.md §5.2, built on `metrics.evaluate`.
 
 Each protocol is a junk rule (a vectorised boolean query x gallery matrix), a
 distance (pinned per family, section 5.1) and, for SYSU-MM01 and LLCM, a

@@ -1,4 +1,4 @@
-"""Training image tensors as DiVE fed them to the VAE (REFERENCE.md §2.2).
+"""Training image tensors as DiVE fed them to the VAE (docs/METHODS.md §2.2).
 
 Every image is stretched (not cropped or padded) to exactly 512 x 256, the aspect
 generation uses, so the filter in `build_trainset` (H >= 2W) is what keeps the

@@ -1,4 +1,4 @@
-"""DiVE's fine-tuning loop: UNet LoRA + textual-inversion rows, trained jointly (REFERENCE.md §2.2).
+"""DiVE's fine-tuning loop: UNet LoRA + textual-inversion rows, trained jointly (docs/METHODS.md §2.2).
 
 What trains: the LoRA on the UNet's attention projections (peft) and the embedding rows
 of the new identity tokens; everything else is frozen, and pre-existing embedding rows

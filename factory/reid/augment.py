@@ -1,4 +1,4 @@
-"""CAJ channel augmentation and the shared train chain (REFERENCE.md §6.3), numpy only.
+"""CAJ channel augmentation and the shared train chain (docs/METHODS.md §6.3), numpy only.
 
 Shared chain: Pad 10 (zeros) -> RandomCrop back to size -> HFlip (p=0.5) -> ImageNet
 normalise -> channel random erasing (p=0.5, CIFAR means written *after* normalisation).

@@ -1,4 +1,4 @@
-"""AGW/CAJ two-stream ResNet (REFERENCE.md §6.1), built from plain torch modules.
+"""AGW/CAJ two-stream ResNet (docs/METHODS.md §6.1), built from plain torch modules.
 
     model = build_model("tiny", num_classes=13)
     feats, logits = model(x_rgb, x_ir, modality="both")   # train mode

@@ -1,4 +1,4 @@
-"""CAL head and losses (REFERENCE.md §6.5; Simple-CCReID `models/classifier.py`, `losses/`).
+"""CAL head and losses (docs/METHODS.md §6.5; Simple-CCReID `models/classifier.py`, `losses/`).
 
 Features: max and average pooling of the backbone map concatenated (2 x C), then BN.
 ID: linear classifier + CE with label smoothing 0.1. Clothes: cosine classifier trained

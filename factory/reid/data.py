@@ -5,7 +5,7 @@ Real records come from `factory.datasets`; run images come through
 decoded, resized to the training size once and kept in memory as uint8 (a 288×144
 image is 124 kB, so 100k images take about 12 GB); the sampler then draws from them.
 
-Namespaces (REFERENCE.md §6.6): real images keep their dataset pid and camera; run
+Namespaces (docs/METHODS.md §6.6): real images keep their dataset pid and camera; run
 identity i becomes class `identity_offset + i` and the runs' cameras get new ids from
 `camera_offset` (one per camera name over all runs, sorted). An explicit offset that
 lands on a real pid or camera is refused: silently merging a synthetic person into a

@@ -3,7 +3,7 @@
     metrics = evaluate_model(model, splits, size=(64, 32), evaluation=EvaluationSpec())
     # {"dataset": "sysu", "results": {"all": {"rank1": …, "rank5": …, "rank10": …, "mAP": …, "mINP": …}, "indoor": {…}}}
 
-Which result keys a dataset reports (REFERENCE.md §5.2): sysu `all` / `indoor` (IR
+Which result keys a dataset reports (docs/METHODS.md §5.2): sysu `all` / `indoor` (IR
 queries, 10 single-shot visible galleries); regdb `visible_to_thermal` /
 `thermal_to_visible` (one trial); llcm `ir_to_vis` / `vis_to_ir`; market `market`;
 prcc `same_clothes` / `clothes_changing` (+ `clothes_changing_refined` with DLCR

@@ -1,4 +1,4 @@
-"""AGW and CAJ metric losses (REFERENCE.md §6.2), as in the reference `loss.py`.
+"""AGW and CAJ metric losses (docs/METHODS.md §6.2), as in the reference `loss.py`.
 
 AGW = CE + WRT (no margin); CAJ = CE + ADP (square=1, alpha=1, gamma=1). Distances are
 Euclidean on the pre-BN (pooled) feature, over the whole batch (CAJ: the three
@@ -23,7 +23,7 @@ def softmax_weights(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     The max is taken over the masked entries only. (The reference code takes max(dist * mask),
     i.e. includes the zeros outside the mask; for −d_n with every negative further than ~14
-    that underflows below its 1e-6 guard and d̄_n collapses to 0. REFERENCE.md §6.2 asks for
+    that underflows below its 1e-6 guard and d̄_n collapses to 0. docs/METHODS.md §6.2 asks for
     the softmax itself, which is what this computes.)
     """
     masked = dist.masked_fill(mask == 0, float("-inf"))

@@ -1,4 +1,4 @@
-"""DLCR test-time prediction refinement (REFERENCE.md §3.6).
+"""DLCR test-time prediction refinement (docs/METHODS.md §3.6).
 
 Each query q comes with generated clothing variants (v = 1..V; v = 0 is the query
 itself). With s_v(q, g) = 1 + cos(f_v(q), f(g)) on L2-normalised features:

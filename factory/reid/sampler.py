@@ -1,6 +1,6 @@
 """Identity-balanced batches over a `TrainSet`, with the synthetic share and DLCR's variant rule.
 
-AGW/CAJ (REFERENCE.md §6.4): P identities without replacement, K images of each sampled
+AGW/CAJ (docs/METHODS.md §6.4): P identities without replacement, K images of each sampled
 modality with replacement; an epoch is max(#images per modality) // (P·K) batches.
 CAL uses the same draw over one pool of images (no modality split).
 

@@ -10,7 +10,7 @@
     train: {epochs: 4, p: 4, k: 4}
     evaluation: {modes: [all, indoor], trials: 10}
 
-Defaults are the reference recipes where a CPU can afford them (REFERENCE.md §6.4);
+Defaults are the reference recipes where a CPU can afford them (docs/METHODS.md §6.4);
 `jobs/specs/reid-demo.yaml` is the worked example.
 """
 
@@ -36,7 +36,7 @@ class RunSource(Strict):
 
 
 class MixSpec(Strict):
-    """How synthetic identities join the real ones (REFERENCE.md §2.4, §6.6)."""
+    """How synthetic identities join the real ones (docs/METHODS.md §2.4, §6.6)."""
 
     synthetic_share: float | None = Field(
         None, ge=0, le=1,
@@ -96,7 +96,7 @@ class TrainSpec(Strict):
 
 
 class RefinementSpec(Strict):
-    """DLCR test-time refinement: clothing variants of each query from an inpaint run (REFERENCE.md §3.6)."""
+    """DLCR test-time refinement: clothing variants of each query from an inpaint run (docs/METHODS.md §3.6)."""
 
     uri: str = Field(description="inpaint run over the query images; each variant's `parent` names its query")
     variants: int = Field(4, ge=1, description="variants per query (v = 1..4 in DLCR)")

@@ -4,7 +4,7 @@
     model = train_model(trainset, ModelSpec(arch="agw"), TrainSpec(epochs=4), seed=0)
     qf = extract(model, splits["query"], "ir", (64, 32))
 
-AGW / CAJ (REFERENCE.md §6.1–6.4): P identities × K RGB + K IR images per batch; CE on
+AGW / CAJ (docs/METHODS.md §6.1–6.4): P identities × K RGB + K IR images per batch; CE on
 the BNNeck logits + WRT (AGW) or ADP (CAJ) on the pooled features of all sub-batches
 together; CAJ adds the channel-exchanged visible view as a third sub-batch (labels
 l_v, l_v, l_ir) and its erasing and IR steps. CAL (§6.5, §3.5): P × K images, ID CE

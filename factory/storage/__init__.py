@@ -5,7 +5,7 @@ Callers never branch on the scheme; `storage_for(uri)` looks the backend up in
 one entry here and one module beside this file.
 
 Every `put_*` is atomic: a reader sees the whole object or nothing. That is what
-makes "the manifest fragment is the commit marker" safe (see DESIGN.md §3).
+makes "the manifest fragment is the commit marker" safe (see ARCHITECTURE.md).
 """
 
 from __future__ import annotations

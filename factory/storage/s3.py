@@ -4,7 +4,7 @@ The endpoint and credentials come from boto3's standard chain: `AWS_ENDPOINT_URL
 (or `AWS_ENDPOINT_URL_S3`), environment keys, profiles, instance roles. Nothing here
 reads, logs or stores a credential.
 
-Writes never leave a partial object behind (REFERENCE.md §9): small files go up in
+Writes never leave a partial object behind (docs/METHODS.md §8): small files go up in
 one PUT, which S3 applies atomically; large ones go up as a multipart upload that is
 completed only after every part is in, and explicitly aborted on any failure.
 Throttling, 5xx and connection errors are retried a bounded number of times with
