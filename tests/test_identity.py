@@ -189,6 +189,8 @@ def test_oracle_script_trains_a_folder_factory_identity_loads(tmp_path):
     assert summary["training"]["identities"] == 8 and summary["training"]["images"] == 8 * 12
     assert set(summary["renders"]) == {"same_outfit", "other_scenes", "other_outfit", "degraded"}
     assert all(row["identities"] == 4 and row["chance"] == 0.25 for row in summary["renders"].values())
+    unique = summary["unique_in_ir"]  # dropping words can only make people alike
+    assert unique["without_height_build"] <= unique["all"] and unique["all"] * 4 == int(unique["all"] * 4)
     run = tmp_path / "run"
     write_demo_run(str(run), shards=1, identities_per_shard=3)
     result = run_cli("identity", str(run), "--reid", str(tmp_path / "oracle"), "--json")

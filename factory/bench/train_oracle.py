@@ -17,7 +17,9 @@ The check renders 200 people the oracle never trained on (same world seed, ident
 from 1,000,000) and prints the cross-modal figures of `factory.reid.consistency`: ROC
 AUC of same vs different person over every RGB x IR pair, RGB->IR and IR->RGB rank-1,
 for the same outfit in both modalities (what a generated pair is), for another outfit
-in IR, and for degraded renders. The last line is one JSON object. Training writes the
+in IR, and for degraded renders; then the share of those people whose IR-visible
+attribute words nobody else shares (what a perfect reader of IR could reach). The last
+line is one JSON object. Training writes the
 model folder (`model.safetensors`, `model.json`, `SHA256SUMS`) that `factory identity
 --reid DIR` and `load_reid` read; until it finishes, `--out` holds a checkpoint after
 every epoch and the same command continues from it. On a GPU add `--device cuda` (not run here).
@@ -37,7 +39,7 @@ from torch import nn
 from factory.models.world_base import write_checksums
 from factory.reid.data import TrainSet
 from factory.reid.losses import CrossEntropyLabelSmooth, WRTLoss
-from factory.reid.oracle import ORACLE_WORLD_SEED, evaluate_on_renders, load_reid, render_set
+from factory.reid.oracle import EVALUATION_FIRST_ID, ORACLE_WORLD_SEED, evaluate_on_renders, load_reid, render_set
 from factory.reid.run import save_model
 from factory.reid.sampler import IdentitySampler
 from factory.reid.spec import ModelSpec, TrainSpec
@@ -128,6 +130,19 @@ def train_with_attributes(part: TrainSet, targets: dict[str, np.ndarray], model_
     return Trained(model, sampler.identities, [])
 
 
+def unique_in_ir(people: int, drop: tuple[str, ...] = ()) -> float:
+    """Share of the check's people whose IR-visible words (every slot but colours and `drop`) nobody else shares.
+
+    A model that read those words perfectly from IR could reach this rank-1 on the renders:
+    it bounds what the world's IR carries, apart from what the oracle learns to see.
+    """
+    kept = [n for n, slot in enumerate(SLOTS) if slot not in COLOUR_SLOTS and slot not in drop]
+    words = [tuple(describe_words(make_person(i, ORACLE_WORLD_SEED), 0)[n] for n in kept)
+             for i in range(EVALUATION_FIRST_ID, EVALUATION_FIRST_ID + people)]
+    counts = {w: words.count(w) for w in set(words)}
+    return sum(counts[w] == 1 for w in words) / people
+
+
 def report(name: str, scores: dict) -> None:
     print(f"{name:13s} AUC {scores['auc']:.4f}  RGB->IR rank-1 {scores['rgb_to_ir_rank1']:.4f}  "
           f"IR->RGB rank-1 {scores['ir_to_rgb_rank1']:.4f}  (chance {scores['chance']:.4f}, "
@@ -192,6 +207,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in scores.items():
         report(name, row)
     summary["renders"] = {name: {k: v for k, v in row.items() if k != "per_camera"} for name, row in scores.items()}
+    summary["unique_in_ir"] = {"all": unique_in_ir(args.test_people),
+                               "without_height_build": unique_in_ir(args.test_people, ("height", "build"))}
+    print(f"IR-visible attribute words unique for {summary['unique_in_ir']['all']:.3f} of the people "
+          f"({summary['unique_in_ir']['without_height_build']:.3f} without height and build): the rank-1 a "
+          f"perfect reader of the IR image could reach", flush=True)
     print(json.dumps(summary))
     return summary
 
