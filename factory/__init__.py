@@ -1,8 +1,9 @@
-"""The producer side of the ReID synthetic data factory.
+"""The producer side of the ReID synthetic data factory (see ARCHITECTURE.md).
 
-Kept import-light on purpose: `manifests` (which training jobs import) uses
-`factory.storage` and `factory.errors`, so nothing heavy (torch, diffusers, ray)
-may be imported at package level.
+Kept import-light on purpose: `import factory` must not load torch, diffusers or ray,
+so the CLI answers `--help` and spec errors at once.
 """
 
-__version__ = "0.1.0"
+from manifests.version import __version__
+
+__all__ = ["__version__"]

@@ -11,14 +11,18 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
+try:
+    import typer
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+    from rich.text import Text
+except ModuleNotFoundError as missing:  # the reader-only install has no producer dependencies
+    raise SystemExit(f"factory: {missing.name} is not installed; the producer is: pip install 'reid-factory[factory]'")
 
 from factory import __version__
 from factory.datasets import LOADERS
@@ -84,62 +88,56 @@ def world(
           f"({count / seconds:.0f} images/s)")
 
 
-@app.command()
-def generate(
-    spec: Path = typer.Argument(..., help="Generation spec (YAML); see jobs/specs/demo.yaml."),
-    out: str = typer.Option(None, "--out", help="Run URI, overriding the spec's output."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a run: make only its uncommitted shards."),
-    force: bool = typer.Option(False, "--force", help="With --resume: accept a spec that differs from the run's."),
-    address: str = typer.Option(
-        None,
-        "--address",
-        help="Ray cluster address. Default: RAY_ADDRESS, else a cluster `ray start` left running here, "
-        "else a new local Ray; 'local' always starts a new one.",
-    ),
-    local: bool = typer.Option(False, "--local", help="Run in this process without Ray (one actor per modality)."),
-) -> None:
-    """Generate identity-consistent RGB-IR pairs on Ray into WebDataset shards + manifest.
+def _method_command(command: str, example: str, report: Callable[[str, dict], None]) -> Callable:
+    """A `factory COMMAND SPEC` that runs one method: every method takes the same options."""
+
+    def run_command(
+        spec: Path = typer.Argument(..., help=f"Job spec (YAML); see {example}."),
+        out: str = typer.Option(None, "--out", help="Run URI, overriding the spec's output."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a run: make only its uncommitted shards."),
+        force: bool = typer.Option(False, "--force", help="With --resume: accept a spec that differs from the run's."),
+        address: str = typer.Option(
+            None,
+            "--address",
+            help="Ray cluster address. Default: RAY_ADDRESS, else a cluster `ray start` left running here, "
+            "else a new local Ray; 'local' always starts a new one.",
+        ),
+        local: bool = typer.Option(False, "--local", help="Run in this process without Ray (one actor per group)."),
+    ) -> None:
+        report(*_run_method(command, spec, out, resume, force, address, local))
+
+    return run_command
+
+
+def _report_generate(output: str, summary: dict) -> None:
+    print(f"{output}: {summary['shards_made']} of {summary['shards']} shards made, "
+          f"{summary['generated_images']} images generated in {summary['seconds']:.1f} s{_rate(summary)}")
+
+
+def _report_inpaint(output: str, summary: dict) -> None:
+    print(f"{output}: {summary['shards_made']} of {summary['shards']} shards made, "
+          f"{summary['generated_images']} variants of {summary['source_images']} source images in "
+          f"{summary['seconds']:.1f} s{_rate(summary)}")
+    for skipped in summary["skipped"]:
+        err.print(f"skipped {skipped['source']}: {skipped['reason']}", markup=False, highlight=False, soft_wrap=True)
+    if summary["skipped_sources"]:
+        err.print(f"{summary['skipped_sources']} source images skipped (listed in {output}/skipped/)", markup=False)
+
+
+app.command(
+    "generate",
+    help="""Generate identity-consistent RGB-IR pairs (DiVE) on Ray into WebDataset shards + manifest.
 
     Generator actors per modality hold the spec's pipelines and take tasks (one shard,
     modality and camera each) from the driver's queue; each finished shard is stored,
     then committed by its manifest fragment. Everything a spec can get wrong is checked
     before the first image. Interrupted? Run the same command with --resume.
-    """
-    _quiet_model_libraries()
-    from factory.generate import generate as run_generate
-    from factory.specs import GenerateSpec, load_spec
+    """,
+)(_method_command("generate", "jobs/specs/demo.yaml", _report_generate))
 
-    parsed = load_spec(spec, GenerateSpec, output=out)
-    with _progress(images=True) as progress:
-        task = progress.add_task(f"generating {parsed.run_id}", total=None)
-        summary = run_generate(
-            parsed,
-            resume=resume,
-            force=force,
-            use_ray=not local,
-            address=address,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
-    rate = summary["generated_images_per_s"]
-    speed = f", {rate:.2f} images/s" if rate else ""
-    print(
-        f"{parsed.output}: {summary['shards_made']} of {summary['shards']} shards made, "
-        f"{summary['generated_images']} images generated in {summary['seconds']:.1f} s{speed}"
-    )
-
-
-@app.command()
-def inpaint(
-    spec: Path = typer.Argument(..., help="Inpainting spec (YAML); see jobs/specs/inpaint-demo.yaml."),
-    out: str = typer.Option(None, "--out", help="Run URI, overriding the spec's output."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a run: make only its uncommitted shards."),
-    force: bool = typer.Option(False, "--force", help="With --resume: accept a spec that differs from the run's."),
-    address: str = typer.Option(
-        None, "--address", help="Ray cluster address (as for generate); 'local' always starts a new one."
-    ),
-    local: bool = typer.Option(False, "--local", help="Run in this process without Ray (one actor)."),
-) -> None:
-    """DLCR clothes-changing expansion on Ray into WebDataset shards + manifest.
+app.command(
+    "inpaint",
+    help="""DLCR clothes-changing expansion on Ray into WebDataset shards + manifest.
 
     Each source image is parsed into a clothing mask (a segmentation model, precomputed
     LIP label maps or the procedural world's), dressed in K outfits of other identities
@@ -148,34 +146,37 @@ def inpaint(
     identity, takes the target outfit's clothes id and names its source in `parent`.
     Unreadable source images are skipped and listed in RUN/skipped/. Interrupted? Run the
     same command with --resume.
-    """
-    _quiet_model_libraries()
-    from factory.dlcr.run import inpaint as run_inpaint
-    from factory.dlcr.spec import InpaintSpec
-    from factory.specs import load_spec
+    """,
+)(_method_command("inpaint", "jobs/specs/inpaint-demo.yaml", _report_inpaint))
 
-    parsed = load_spec(spec, InpaintSpec, output=out)
+
+def _run_method(
+    command: str, spec_path: Path, out: str | None, resume: bool, force: bool, address: str | None, local: bool
+) -> tuple[str, dict]:
+    """Validate the spec, run its method with a progress bar; (the run's URI, its _SUCCESS summary)."""
+    from factory.methods import spec_class
+    from factory.spec import load_spec
+
+    spec = load_spec(spec_path, spec_class(command), output=out)
+    _quiet_model_libraries()
+    from factory.api import run
+
     with _progress(images=True) as progress:
-        task = progress.add_task(f"inpainting {parsed.run_id}", total=None)
-        summary = run_inpaint(
-            parsed,
+        task = progress.add_task(f"{command} {spec.run_id}", total=None)
+        summary = run(
+            spec,
             resume=resume,
             force=force,
             use_ray=not local,
             address=address,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
+    return spec.output, summary
+
+
+def _rate(summary: dict) -> str:
     rate = summary["generated_images_per_s"]
-    speed = f", {rate:.2f} images/s" if rate else ""
-    print(
-        f"{parsed.output}: {summary['shards_made']} of {summary['shards']} shards made, "
-        f"{summary['generated_images']} variants of {summary['source_images']} source images in "
-        f"{summary['seconds']:.1f} s{speed}"
-    )
-    for skipped in summary["skipped"]:
-        err.print(f"skipped {skipped['source']}: {skipped['reason']}", markup=False, highlight=False, soft_wrap=True)
-    if summary["skipped_sources"]:
-        err.print(f"{summary['skipped_sources']} source images skipped (listed in {parsed.output}/skipped/)", markup=False)
+    return f", {rate:.2f} images/s" if rate else ""
 
 
 @app.command()
@@ -190,11 +191,13 @@ def finetune(
     lora.safetensors, bank.safetensors, camera_codes.json and model.json: name them
     in a generation spec's model (path or preset, lora, bank, camera_codes).
     """
-    _quiet_model_libraries()
-    from factory.finetune.run import finetune as run_finetune
-    from factory.specs import FinetuneSpec, load_spec
+    from factory.dive.finetune.spec import FinetuneSpec
+    from factory.spec import load_spec
 
-    parsed = load_spec(spec, FinetuneSpec, output=out)
+    parsed = load_spec(spec, FinetuneSpec, output=out)  # a bad spec is reported before the heavy imports
+    _quiet_model_libraries()
+    from factory.dive.finetune.run import finetune as run_finetune
+
     with _progress() as progress:
         task = progress.add_task("fine-tuning", total=parsed.steps)
 
@@ -219,11 +222,12 @@ def train_reid(
     OUT/model.safetensors, OUT/train_log.jsonl and OUT/metrics.json (rank1, rank5,
     rank10, mAP, mINP per protocol and direction).
     """
-    from factory.reid.run import train_reid as run_train_reid
     from factory.reid.spec import ReidSpec
-    from factory.specs import load_spec
+    from factory.spec import load_spec
 
     parsed = load_spec(spec, ReidSpec, output=out)
+    from factory.reid.run import train_reid as run_train_reid
+
     with _progress() as progress:
         task = progress.add_task("loading data", total=None)
 
@@ -240,11 +244,12 @@ def eval_reid(
     out: str = typer.Option(None, "--out", help="The train-reid output folder, overriding the spec's output."),
 ) -> None:
     """Evaluate a trained model under its dataset's protocol (with DLCR refinement if the spec asks)."""
-    from factory.reid.run import eval_reid as run_eval_reid
     from factory.reid.spec import ReidSpec
-    from factory.specs import load_spec
+    from factory.spec import load_spec
 
     parsed = load_spec(spec, ReidSpec, output=out)
+    from factory.reid.run import eval_reid as run_eval_reid
+
     _print_metrics(run_eval_reid(parsed), Path(parsed.output))
 
 

@@ -1,17 +1,5 @@
-"""Errors a user can act on.
+"""Errors a user can act on (defined with the data contract in `manifests.errors`)."""
 
-The CLI prints any `FactoryError` as one line and exits non-zero without a
-traceback; everything else is a bug and keeps its traceback.
-"""
+from manifests.errors import FactoryError, NotFound, StorageError
 
-
-class FactoryError(Exception):
-    """A problem with the user's input or environment, explained in one line."""
-
-
-class StorageError(FactoryError):
-    """A storage backend could not do what was asked (after its retries)."""
-
-
-class NotFound(StorageError):
-    """The object or folder does not exist."""
+__all__ = ["FactoryError", "NotFound", "StorageError"]

@@ -1,6 +1,21 @@
-"""Errors of the data contract; all are `FactoryError`s, so the CLI prints one line."""
+"""Errors a user can act on, shared by the data contract and the factory.
 
-from factory.errors import FactoryError
+The CLI prints any `FactoryError` as one line and exits non-zero without a traceback;
+everything else is a bug and keeps its traceback. They live here, with the reader, so
+a training job that installs only `manifests` gets the same errors.
+"""
+
+
+class FactoryError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class StorageError(FactoryError):
+    """A storage backend could not do what was asked (after its retries)."""
+
+
+class NotFound(StorageError):
+    """The object or folder does not exist."""
 
 
 class ManifestError(FactoryError):

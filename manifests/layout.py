@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from factory.storage import join
+from manifests.storage import join
 
 _SHARD = re.compile(r"(\d{6,})\.tar")
 _FRAGMENT = re.compile(r"(\d{6,})\.parquet")

@@ -1,6 +1,6 @@
 """Reading a run: what is committed, and its manifest as a pyarrow table or dataset.
 
-Everything goes through `factory.storage`, so a run on S3 is read with the same
+Everything goes through `manifests.storage`, so a run on S3 is read with the same
 boto3 endpoint and credentials it was written with.
 """
 
@@ -14,11 +14,11 @@ from functools import cached_property
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from factory.storage import Storage, storage_for
 from manifests.fragment import Fragment, decode_fragment
 from manifests.layout import RunLayout
 from manifests.run_info import RunInfo, read_run_info
 from manifests.schema import SCHEMA
+from manifests.storage import Storage, storage_for
 
 # Fragments are small; reading them is latency-bound, so overlap the requests.
 READ_WORKERS = 16
@@ -88,5 +88,6 @@ class Run:
         return self._table
 
     def dataset(self) -> ds.Dataset:
-        """The manifest as a pyarrow dataset, for filtered scans (`dataset().to_table(filter=...)`)."""
+        """The manifest table (read whole, in memory) as a pyarrow dataset, for filter expressions:
+        `dataset().to_table(filter=ds.field("modality") == "ir")`."""
         return ds.dataset(self._table)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from factory.storage import Storage
 from manifests.errors import ResumeRefused
 from manifests.reader import Run
+from manifests.storage import Storage
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from factory import __version__
-from factory.errors import NotFound
-from factory.storage import Storage, storage_for
-from manifests.errors import ManifestError, RunNotFound
+from manifests.errors import ManifestError, NotFound, RunNotFound
 from manifests.layout import RunLayout
 from manifests.schema import SCHEMA_VERSION
+from manifests.storage import Storage, storage_for
+from manifests.version import __version__
 
 
 def spec_fingerprint(spec: dict[str, Any]) -> str:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from factory.storage import Storage
 from manifests.reader import Run
 from manifests.run_info import read_success
+from manifests.storage import Storage
 
 
 def _counts(table, column: str) -> dict[str, int]:

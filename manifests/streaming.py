@@ -67,9 +67,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from torch.utils.data import IterableDataset, get_worker_info
 
-from factory.storage import Storage, scheme_of, storage_for
 from manifests.errors import ManifestError
 from manifests.reader import Run
+from manifests.storage import Storage, scheme_of, storage_for
 
 # The manifest columns a streamed item carries; the rest stay in the manifest.
 _ROW_COLUMNS = ("shard_uri", "key", "member", "identity", "modality", "camera", "origin", "clothes")

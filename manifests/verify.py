@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from factory.storage import Storage
 from manifests.errors import ManifestError
 from manifests.keys import split_member
 from manifests.reader import Run
+from manifests.storage import Storage
 
 DEFAULT_WORKERS = 8
 

@@ -1,4 +1,4 @@
-"""Let plain `webdataset` read `s3://` shard URLs through `factory.storage`.
+"""Let plain `webdataset` read `s3://` shard URLs through `manifests.storage`.
 
 webdataset has no S3 scheme of its own (docs/METHODS.md §7); the alternative,
 `pipe:aws s3 cp ...`, shells out per shard. Registering a `gopen` handler gives it a
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from factory.storage import storage_for
+from manifests.storage import storage_for
 
 
 def _open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: object) -> BinaryIO:

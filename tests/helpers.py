@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from botocore.awsrequest import AWSResponse
 
-from factory.storage import storage_for
 from manifests.fragment import VERSION_KEY
+from manifests.storage import storage_for
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from factory.bench import resume
+from benchmarks import resume
 
 
 def run_benchmark(module: str, argv: list[str]) -> dict:
@@ -34,16 +34,18 @@ def run_benchmark(module: str, argv: list[str]) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_generate_benchmark_reports_every_figure():
-    result = run_benchmark("factory.bench.generate", ["--images", "3", "--steps", "2", "--batch-size", "1"])
+    result = run_benchmark("benchmarks.generate", ["--images", "3", "--steps", "2", "--batch-size", "1"])
     # 3 images round up to whole batches per (identity, camera): 2 cameras x 1 image = 2 per identity.
     assert result["images"] == 4
     assert (result["preset"], result["steps"], result["batch"], result["width"], result["height"]) == ("tiny", 2, 1, 64, 128)
     assert result["flops_per_image"] == 2 * 2 * result["unet_flops_per_step"] + result["vae_decode_flops"]
 
 
+@pytest.mark.slow
 def test_inpaint_benchmark_reports_every_figure():
-    result = run_benchmark("factory.bench.inpaint", ["--images", "3", "--steps", "2", "--batch-size", "2"])
+    result = run_benchmark("benchmarks.inpaint", ["--images", "3", "--steps", "2", "--batch-size", "2"])
     # 3 images round up to whole identities: 4 source images x 2 variants each.
     assert (result["images"], result["source_images"]) == (8, 4)
     assert (result["preset"], result["steps"], result["batch"], result["width"], result["height"]) == ("tiny", 2, 2, 64, 128)

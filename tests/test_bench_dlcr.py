@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
-from factory.bench import dlcr_world
+from experiments import dlcr_world
 
 TINY = ["--identities", "6", "--seeds", "0", "--epochs", "1", "--variants", "1", "--query-variants", "1",
         "--steps", "1", "--p", "2", "--k", "2", "--height", "64", "--width", "32", "--jobs", "2"]
@@ -15,6 +16,7 @@ METRICS = {"rank1", "mAP"}
 SPLITS = {"same_clothes", "clothes_changing", "clothes_changing_refined"}
 
 
+@pytest.mark.slow
 def test_dlcr_world_benchmark_reports_every_arm(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))  # the world and nothing else, rendered here
     argv = [*TINY, "--work", str(tmp_path / "work")]

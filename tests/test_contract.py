@@ -9,7 +9,6 @@ import pytest
 from helpers import set_schema_version, tar_members
 from world_run import write_demo_run, write_demo_shard
 
-from factory.shard_writer import SampleImage, ShardWriter
 from manifests import (
     SCHEMA,
     BadKey,
@@ -23,6 +22,7 @@ from manifests import (
     sample_key,
     write_run_info,
 )
+from manifests.shard_writer import SampleImage, ShardWriter
 
 META = ImageMeta(modality="rgb", camera="cam1", origin="real", width=4, height=8)
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.specs import MODALITIES, GenerateSpec, load_spec
+from factory.dive.spec import GenerateSpec
+from factory.spec import load_spec
+from manifests.schema import MODALITIES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -227,7 +229,7 @@ def test_dockerfile_installs_torch_before_the_package_and_works_offline():
     steps = dockerfile_instructions()
     runs = [args for op, args in steps if op == "RUN"]
     torch_step = next(i for i, args in enumerate(runs) if "torch==" in args)
-    package_step = next(i for i, args in enumerate(runs) if re.search(r"-e \.(\s|$)", args))
+    package_step = next(i for i, args in enumerate(runs) if '-e ".[factory]"' in args)
     assert torch_step < package_step
     assert "ray[default]" in runs[package_step]
 

@@ -10,10 +10,10 @@ from helpers import flip_byte, inject_http_errors, run_cli
 from world_run import write_demo_run
 
 from factory.errors import StorageError
-from factory.shard_writer import SampleImage, ShardWriter
-from factory.storage import storage_for
-from factory.storage.s3 import MIB, S3Storage
 from manifests import ImageMeta, Run, RunInfo, RunLayout, plan_resume, sample_key, verify_run, write_run_info
+from manifests.shard_writer import SampleImage, ShardWriter
+from manifests.storage import storage_for
+from manifests.storage.s3 import MIB, S3Storage
 
 
 def _write_big_shard(run_uri: str, shard: int, storage) -> None:

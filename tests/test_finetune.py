@@ -19,15 +19,16 @@ import yaml
 from helpers import run_cli
 from safetensors.torch import load_file
 
+from factory import api
 from factory.datasets import load_dataset
+from factory.dive.finetune.captions import camera_codes
+from factory.dive.finetune.run import _source, finetune
+from factory.dive.finetune.spec import FinetuneSpec
+from factory.dive.finetune.trainer import Trainer
+from factory.dive.finetune.trainset import build_finetune_set
+from factory.dive.spec import GenerateSpec
 from factory.errors import FactoryError
-from factory.finetune.captions import camera_codes
-from factory.finetune.run import _source, finetune
-from factory.finetune.trainer import Trainer
-from factory.finetune.trainset import build_trainset
-from factory.generate import generate
 from factory.models.bank import IdentityBank
-from factory.specs import FinetuneSpec, GenerateSpec
 from manifests import Run
 
 SPEC = {
@@ -72,6 +73,7 @@ def _losses(folder: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (folder / "losses.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_the_loss_falls(tmp_path):
     out = tmp_path / "ft"
     finetune(make_spec(out, steps=120, checkpoint_every=120))
@@ -82,7 +84,7 @@ def test_the_loss_falls(tmp_path):
 
 def test_only_lora_and_new_token_rows_change(tmp_path):
     spec = make_spec(tmp_path / "ft")
-    trainset = build_trainset([_source(s) for s in spec.datasets])
+    trainset = build_finetune_set([_source(s) for s in spec.datasets])
     trainer = Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")
     models = {"unet": trainer.unet, "vae": trainer.vae, "text": trainer.text_encoder}
     before = {f"{m}.{n}": p.detach().clone() for m, model in models.items() for n, p in model.named_parameters()}
@@ -98,6 +100,7 @@ def test_only_lora_and_new_token_rows_change(tmp_path):
     assert rows_changed == sorted(trainer.token_ids)  # every identity row moved, nothing else
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_reaches_the_same_weights(finished, tmp_path):
     out = tmp_path / "ft"
     spec_file = tmp_path / "spec.yaml"
@@ -143,7 +146,7 @@ def test_outputs_load_into_the_engine_and_steer_it(finished, tmp_path):
                 "sampler": {"steps": 3, "width": 32, "height": 64},
             }
         )
-        generate(spec, use_ray=False)
+        api.run(spec, use_ray=False)
         table = Run(out).table()
         return {(i, m): s for i, m, s in zip(table["identity"].to_pylist(), table["modality"].to_pylist(), table["sha256"].to_pylist())}
 
@@ -155,6 +158,7 @@ def test_outputs_load_into_the_engine_and_steer_it(finished, tmp_path):
     assert without_lora[(two[0], "rgb")] != first[(two[0], "rgb")]  # the LoRA changes what is drawn
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(tmp_path):
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
@@ -183,7 +187,7 @@ def test_a_camera_the_model_does_not_know_is_refused_before_any_image(finished, 
         }
     )
     with pytest.raises(FactoryError, match="ir.cameras: 'cam9' is not a camera of"):
-        generate(spec, use_ray=False)
+        api.run(spec, use_ray=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -258,7 +262,7 @@ def test_learned_camera_tokens_train_and_drive_the_engine(tmp_path):
          "rgb": {"cameras": ["sysu:cam1", "sysu:cam2"]}, "ir": {"cameras": ["sysu:cam3"]},
          "sampler": {"steps": 2, "width": 32, "height": 64}}
     )
-    generate(spec, use_ray=False)
+    api.run(spec, use_ray=False)
     table = Run(str(tmp_path / "run")).table()
     assert {p.split()[1] for p in table["prompt"].to_pylist()} == {codes["sysu:cam1"], codes["sysu:cam2"], codes["sysu:cam3"]}
 
@@ -270,7 +274,7 @@ def test_descriptions_start_each_identity_from_its_words(tmp_path):
     words.write_text(json.dumps({"1": "red shirt blue pants", "2": "black coat", "3": "white dress"}))
     datasets = [{**SPEC["datasets"][0], "descriptions": str(words)}, SPEC["datasets"][1]]
     spec = make_spec(tmp_path / "ft", datasets=datasets)
-    trainset = build_trainset([_source(s) for s in spec.datasets])
+    trainset = build_finetune_set([_source(s) for s in spec.datasets])
     assert trainset.words == {0: "red shirt blue pants", 1: "black coat", 2: "white dress"}  # sysu pids renumbered
     trainer = Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")
     assert trainer.tokens_per_identity == 4
@@ -292,7 +296,7 @@ def test_descriptions_start_each_identity_from_its_words(tmp_path):
     ref = {"preset": "tiny", "lora": str(model / "lora.safetensors"), "bank": str(model / "bank.safetensors"),
            "camera_codes": str(model / "camera_codes.json")}
     out = tmp_path / "run"
-    generate(GenerateSpec.model_validate({
+    api.run(GenerateSpec.model_validate({
         "run_id": "words", "output": str(out), "model": ref, "identities": {"source": "bank", "ids": [0, 1]},
         "images_per_identity": 1, "rgb": {"cameras": ["sysu:cam1"]}, "ir": {"cameras": ["sysu:cam3"]},
         "sampler": {"steps": 2, "width": 32, "height": 64},
@@ -305,6 +309,6 @@ def test_descriptions_too_long_for_a_caption_are_refused(tmp_path):
     words.write_text(json.dumps({"1": "red " * 70, "2": "black coat", "3": "white dress"}))
     datasets = [{**SPEC["datasets"][0], "descriptions": str(words)}]
     spec = make_spec(tmp_path / "ft", datasets=datasets)
-    trainset = build_trainset([_source(s) for s in spec.datasets])
+    trainset = build_finetune_set([_source(s) for s in spec.datasets])
     with pytest.raises(FactoryError, match="is 70 tokens in the base model's tokenizer; at most 60 fit"):
         Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from factory.dive.finetune.captions import CAPTION_TEMPLATES, camera_codes, caption, identity_token
+from factory.dive.finetune.images import load_training_image
+from factory.dive.finetune.new_identities import append_new_identities, sample_new_identities
+from factory.dive.finetune.trainset import DatasetSource, build_finetune_set, read_mapping
 from factory.errors import FactoryError
-from factory.finetune.captions import CAPTION_TEMPLATES, camera_codes, caption, identity_token
-from factory.finetune.images import load_training_image
-from factory.finetune.new_identities import append_new_identities, sample_new_identities
-from factory.finetune.trainset import DatasetSource, build_trainset, read_mapping
 from factory.models.bank import IdentityBank
 
 SYSU = "world://sysu?identities=6&seed=0"
@@ -48,7 +48,7 @@ def _fake_market(root: Path, images: dict[str, tuple[int, int] | None]) -> Path:
 
 
 def test_trainset_renumbers_and_keys_cameras(cache, tmp_path):
-    ts = build_trainset(_sources(), first_id=100)
+    ts = build_finetune_set(_sources(), first_id=100)
     ids = ts.identities()
     assert ids == list(range(100, 100 + len(ids)))  # unique and consecutive
     assert {i for i in ids if ts.sources[i][0] == "sysu"} == set(range(100, 104))  # SYSU first, then Market
@@ -70,13 +70,13 @@ def test_trainset_renumbers_and_keys_cameras(cache, tmp_path):
 
 def test_trainset_refuses_excluded_identities(cache):
     # SYSU's train and test ids are disjoint, so excluding its test splits passes...
-    build_trainset([DatasetSource(SYSU)], exclude=[DatasetSource(SYSU, split="query")])
+    build_finetune_set([DatasetSource(SYSU)], exclude=[DatasetSource(SYSU, split="query")])
     # ...but training on Market's query people while excluding its gallery does not.
     clash = r"3 training identities are also in the excluded split 'gallery' of world://market.* \(pids 4, 5, 6\)"
     with pytest.raises(FactoryError, match=f"market: {clash}"):
-        build_trainset([DatasetSource(MARKET, split="query")], exclude=[DatasetSource(MARKET, split="gallery")])
+        build_finetune_set([DatasetSource(MARKET, split="query")], exclude=[DatasetSource(MARKET, split="gallery")])
     with pytest.raises(FactoryError, match=f"mkt: {clash}"):  # renaming the source does not hide it
-        build_trainset(
+        build_finetune_set(
             [DatasetSource(MARKET, split="query", name="mkt")], exclude=[DatasetSource(MARKET, "market", "gallery")]
         )
 
@@ -87,13 +87,13 @@ def test_trainset_filters_and_names_empty_identities(tmp_path):
         {"0001_c1s1_000001_01.jpg": (32, 64), "0002_c1s1_000002_01.jpg": (64, 32), "0002_c2s1_000003_01.jpg": None},
     )
     with pytest.raises(FactoryError) as e:
-        build_trainset([DatasetSource(str(root), layout="market")])
+        build_finetune_set([DatasetSource(str(root), layout="market")])
     assert (
         str(e.value) == "market pid 2 has no images left after filtering (1 aspect, 1 unreadable; kept only H >= 2 W)"
     )
 
     Image.new("RGB", (30, 60)).save(root / "bounding_box_train" / "0002_c3s1_000004_01.jpg")
-    ts = build_trainset([DatasetSource(str(root), layout="market", name="mkt")])
+    ts = build_finetune_set([DatasetSource(str(root), layout="market", name="mkt")])
     assert ts.dropped == {"aspect": 1, "unreadable": 1}
     assert [(i.identity, i.camera, i.path.name) for i in ts.images] == [
         (0, "mkt:cam1", "0001_c1s1_000001_01.jpg"),
@@ -104,7 +104,7 @@ def test_trainset_filters_and_names_empty_identities(tmp_path):
 def test_trainset_refuses_an_empty_dataset(tmp_path):
     root = _fake_market(tmp_path / "market", {})
     with pytest.raises(FactoryError, match=r"split 'train' of market has no images"):
-        build_trainset([DatasetSource(str(root), layout="market")])
+        build_finetune_set([DatasetSource(str(root), layout="market")])
 
 
 # ---- captions and codes ------------------------------------------------------------------

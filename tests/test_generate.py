@@ -17,10 +17,10 @@ import yaml
 from helpers import run_cli
 from PIL import Image
 
+from factory import api
 from factory.datasets import load_dataset
-from factory.distributor import NAMESPACE
-from factory.generate import generate
-from factory.specs import GenerateSpec
+from factory.dive.spec import GenerateSpec
+from factory.engine.pools import NAMESPACE
 from manifests import Run, RunLayout, verify_run
 
 IDENTITIES, PER_SHARD, IMAGES = 6, 2, 2  # 3 shards of 2 identities, 2 samples each
@@ -84,7 +84,7 @@ def ray_session():
 def reference_run(ray_session, tmp_path_factory):
     """An uninterrupted run on Ray with 2 actors per modality: what every other run must equal."""
     out = str(tmp_path_factory.mktemp("reference") / "run")
-    summary = generate(make_spec(out))
+    summary = api.run(make_spec(out))
     assert summary["shards_made"] == 3
     return out
 
@@ -105,14 +105,15 @@ def test_a_ray_run_makes_every_pair_and_verifies(reference_run):
 
 def test_same_spec_and_seed_twice_gives_the_same_images(reference_run, tmp_path):
     again = str(tmp_path / "again")
-    generate(make_spec(again, run_id="again"), use_ray=False)  # in-process this time: same bytes
+    api.run(make_spec(again, run_id="again"), use_ray=False)  # in-process this time: same bytes
     assert member_digests(again) == member_digests(reference_run)
     assert tar_bytes(again) == tar_bytes(reference_run)
     other_seed = str(tmp_path / "other")
-    generate(make_spec(other_seed, run_id="other", seed=4), use_ray=False)
+    api.run(make_spec(other_seed, run_id="other", seed=4), use_ray=False)
     assert set(member_digests(other_seed).values()).isdisjoint(member_digests(reference_run).values())
 
 
+@pytest.mark.slow
 def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, tmp_path):
     out = str(tmp_path / "run")
     spec = write_spec(tmp_path / "spec.yaml", out, run_id="killed")
@@ -133,7 +134,7 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, t
     committed = len(Run(out).listing().committed)
     assert 1 <= committed < 3
 
-    summary = generate(make_spec(out, run_id="killed"), resume=True)
+    summary = api.run(make_spec(out, run_id="killed"), resume=True)
 
     assert summary["shards_made"] == 3 - committed
     assert verify_run(out).ok()
@@ -142,13 +143,14 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, t
     assert len(keys) == 2 * len(set(keys)) == 2 * IDENTITIES * IMAGES  # no duplicates, no gaps
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_run_loses_nothing(ray_session, reference_run, tmp_path):
     out = str(tmp_path / "run")
     failures = []
 
     def run():
         try:
-            generate(make_spec(out, run_id="chaos"))
+            api.run(make_spec(out, run_id="chaos"))
         except Exception as e:  # noqa: BLE001 - reported by the assertion below
             failures.append(e)
 
@@ -168,9 +170,10 @@ def test_an_actor_killed_mid_run_loses_nothing(ray_session, reference_run, tmp_p
     assert tar_bytes(out) == tar_bytes(reference_run)
 
 
+@pytest.mark.slow
 def test_output_to_s3_end_to_end(ray_session, reference_run, bucket):
     out = f"s3://{bucket}/runs/test"
-    generate(make_spec(out, run_id="s3"))
+    api.run(make_spec(out, run_id="s3"))
     assert verify_run(out).ok()
     assert member_digests(out) == member_digests(reference_run)
 
@@ -186,7 +189,7 @@ def test_real_rgb_paired_with_generated_ir(tmp_path):
         rgb={"source": "real"},
         identities_per_shard=3,
     )
-    generate(spec, use_ray=False)
+    api.run(spec, use_ray=False)
 
     table = Run(out).table()
     rgb = table.filter(pc.equal(table["modality"], "rgb")).to_pylist()
@@ -216,7 +219,7 @@ def test_identities_named_by_their_words(tmp_path):
     out = str(tmp_path / "run")
     spec = make_spec(out, run_id="words", identities_per_shard=3,
                      identities={"source": "dataset", "dataset": world, "descriptions": str(words)})
-    generate(spec, use_ray=False)
+    api.run(spec, use_ray=False)
     rows = Run(out).table().to_pylist()
     assert {(r["identity"], r["prompt"]) for r in rows} == {
         (pid, f"a {camera} photo of a {text} person")
@@ -224,13 +227,13 @@ def test_identities_named_by_their_words(tmp_path):
         for camera in ("cam1", "cam2", "cam3", "cam6")
     }
     again = str(tmp_path / "again")
-    generate(make_spec(again, run_id="words", identities_per_shard=3, identities=spec.identities.model_dump()),
+    api.run(make_spec(again, run_id="words", identities_per_shard=3, identities=spec.identities.model_dump()),
              use_ray=False)
     assert member_digests(again) == member_digests(out)
 
 
 def test_world_identities_carry_their_attribute_words(tmp_path):
-    from factory.identities import resolve_identities
+    from factory.dive.identities import resolve_identities
     from factory.world.captions import WORDS_PER_PERSON
 
     world = "world://market?identities=6&seed=2"

@@ -38,6 +38,7 @@ def test_unknown_scheduler(tmp_path, cache):
     _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "s.yaml: sampler.scheduler: Input should be")
 
 
+@pytest.mark.slow
 def test_identity_missing_from_the_bank(tmp_path, cache):
     bank = tmp_path / "bank.safetensors"
     IdentityBank.from_vectors([1, 2], np.ones((2, 32), np.float32)).save(bank)
@@ -61,6 +62,7 @@ def test_output_that_cannot_be_written(tmp_path, cache, s3_env, where):
     _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, expected)
 
 
+@pytest.mark.slow
 def test_resume_with_another_spec(tmp_path, cache):
     out = tmp_path / "run"
     write_run_info(str(out), RunInfo.for_spec("test", {"a different": "spec"}, total_shards=3))
@@ -81,6 +83,7 @@ def test_descriptions_need_dataset_identities_and_no_bank(tmp_path, cache):
     _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "give one of them")
 
 
+@pytest.mark.slow
 def test_descriptions_missing_a_pid(tmp_path, cache):
     words = tmp_path / "words.json"
     words.write_text('{"1": "red shirt"}')
@@ -90,6 +93,7 @@ def test_descriptions_missing_a_pid(tmp_path, cache):
     _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "has no text for pid 2")
 
 
+@pytest.mark.slow
 def test_a_description_too_long_for_the_prompt(tmp_path, cache):
     words = tmp_path / "words.json"
     words.write_text('{"1": "' + "red " * 90 + '", "2": "blue"}')

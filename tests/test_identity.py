@@ -101,6 +101,7 @@ def _fails(result, expected: str) -> None:
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(tmp_path, small_model):
     rgb_only, one, pairs = tmp_path / "rgb-only", tmp_path / "one", tmp_path / "pairs"
     write_demo_run(str(rgb_only), shards=1, identities_per_shard=3, modalities=("rgb",))
@@ -132,8 +133,8 @@ def test_oracle_renders_are_deterministic_and_mixed_as_asked():
 
 
 def test_attribute_targets_hide_colour_from_infrared():
-    from factory.bench.train_oracle import attribute_targets
     from factory.world.captions import COLOUR_SLOTS, SLOTS
+    from tools.train_oracle import attribute_targets
 
     part = render_set(range(4), 5, size=(32, 16))
     targets = attribute_targets(part, 5)
@@ -152,7 +153,7 @@ def test_attribute_targets_hide_colour_from_infrared():
 def test_oracle_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     import torch
 
-    from factory.bench.train_oracle import attribute_targets, train_with_attributes
+    from tools.train_oracle import attribute_targets, train_with_attributes
 
     part = render_set(range(4), 5, size=(64, 32))
     targets = attribute_targets(part, 5)
@@ -178,7 +179,7 @@ def test_oracle_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_pat
 def test_oracle_script_trains_a_folder_factory_identity_loads(tmp_path):
     import torch
 
-    from factory.bench import train_oracle
+    from tools import train_oracle
 
     threads = torch.get_num_threads()
     try:

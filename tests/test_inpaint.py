@@ -29,20 +29,22 @@ from helpers import run_cli, tar_members
 from PIL import Image
 from tiny_hf import build_llm, build_segformer, build_vlm
 
+from factory import api
 from factory.datasets import load_dataset
-from factory.distributor import NAMESPACE
 from factory.dlcr.inpainter import Inpainter, paste_back
 from factory.dlcr.masks import LabelRule, clothes_mask
-from factory.dlcr.run import build_wardrobe, inpaint
-from factory.dlcr.spec import InpaintModelRef, InpaintSpec
-from factory.dlcr.tasks import InpaintResult, ShardPlan, Skipped
-from factory.dlcr.wardrobe import Wardrobe
+from factory.dlcr.method import build_wardrobe
+from factory.dlcr.spec import InpaintSpec
+from factory.dlcr.tasks import InpaintResult, Skipped, SourceShard
+from factory.dlcr.wardrobe import Wardrobe, describer_fingerprint
 from factory.dlcr.writer import read_skipped, skipped_uri, write_inpaint_shard
+from factory.engine.pools import NAMESPACE
+from factory.engine.runtime import Runtime
 from factory.errors import FactoryError
 from factory.models.presets import build_preset, preset_configs, preset_path
-from factory.models.reference import folder_digest
+from factory.models.reference import ModelRef, folder_digest
 from factory.models.tokenizer import build_clip_tokenizer
-from factory.specs import load_spec
+from factory.spec import load_spec
 from manifests import Run, RunInfo, verify_run, write_run_info
 
 WORLD = "world://prcc?identities=8&seed=0"
@@ -118,7 +120,7 @@ def ray_session():
 def reference_run(ray_session, tmp_path_factory):
     """An uninterrupted run on Ray with 2 actors: what every other run must equal."""
     out = str(tmp_path_factory.mktemp("reference") / "run")
-    summary = inpaint(make_spec(out))
+    summary = api.run(make_spec(out))
     assert summary["shards_made"] == IDENTITIES and summary["skipped_sources"] == 0
     return out
 
@@ -175,10 +177,11 @@ def test_variants_keep_the_identity_and_wear_another_identitys_clothes(reference
 
 def test_same_spec_in_process_gives_the_same_bytes(reference_run, tmp_path):
     again = str(tmp_path / "again")
-    inpaint(make_spec(again, run_id="again"), use_ray=False)
+    api.run(make_spec(again, run_id="again"), use_ray=False)
     assert tar_bytes(again) == tar_bytes(reference_run)
 
 
+@pytest.mark.slow
 def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, tmp_path):
     out = str(tmp_path / "run")
     spec = write_spec(tmp_path / "spec.yaml", out, run_id="killed")
@@ -199,15 +202,16 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, t
     committed = len(Run(out).listing().committed)
     assert 1 <= committed < IDENTITIES
 
-    summary = inpaint(make_spec(out, run_id="killed"), resume=True)
+    summary = api.run(make_spec(out, run_id="killed"), resume=True)
 
     assert summary["shards_made"] == IDENTITIES - committed and summary["resumed"]
     assert tar_bytes(out) == tar_bytes(reference_run)
     result = run_cli("verify", out)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr
-    assert inpaint(make_spec(out, run_id="killed"), resume=True) == summary  # finished: nothing redone
+    assert api.run(make_spec(out, run_id="killed"), resume=True) == summary  # finished: nothing redone
 
 
+@pytest.mark.slow
 def test_a_corrupt_source_image_is_skipped_with_its_reason(world, tmp_path):
     root = world_copy(world, tmp_path)
     victim = "prcc/rgb/train/002/A_cropped_rgb001.jpg"
@@ -236,13 +240,15 @@ def test_a_corrupt_source_image_is_skipped_with_its_reason(world, tmp_path):
 def test_a_shard_whose_every_source_was_skipped_is_still_committed(tmp_path):
     out = str(tmp_path / "run")
     write_run_info(out, RunInfo.for_spec("empty", {}, total_shards=1))
-    plan = ShardPlan(0, ())
+    plan = SourceShard(0, ())
     skipped = Skipped("prcc/rgb/train/001/A.jpg", 1, "unreadable image: truncated")
-    assert write_inpaint_shard(out, plan, [InpaintResult("t", 0, (), (skipped,))], run_id="empty") == 0
+    written = write_inpaint_shard(out, plan, [InpaintResult("t", 0, (), (skipped,))], run_id="empty", dataset="d", model="m")
+    assert written == 0
     run = Run(out)
     assert run.listing().committed == [0] and len(run.table()) == 0 and verify_run(out).ok()
     assert read_skipped(run) == [skipped]
-    write_inpaint_shard(out, plan, [InpaintResult("t", 0, (), ())], run_id="empty")  # redone, nothing skipped now
+    # redone, nothing skipped now
+    write_inpaint_shard(out, plan, [InpaintResult("t", 0, (), ())], run_id="empty", dataset="d", model="m")
     assert read_skipped(Run(out)) == []
 
 
@@ -254,6 +260,7 @@ def _fails_with_one_line(result, out: str, expected: str) -> None:
     assert not Path(out, "manifest").exists() or not any(Path(out, "manifest").iterdir())
 
 
+@pytest.mark.slow
 def test_a_label_map_of_the_wrong_size_stops_the_run_with_one_line(ray_session, world, tmp_path):
     root = world_copy(world, tmp_path)
     bad = root / "world" / "parsing" / "prcc/rgb/train/001/A_cropped_rgb002.png"
@@ -271,9 +278,10 @@ def test_a_label_map_of_the_wrong_size_stops_the_run_with_one_line(ray_session, 
     with pytest.raises(
         FactoryError, match=rf"^label map {re.escape(str(bad))} is 32x64 .* \(committed shards are kept\)$"
     ):
-        inpaint(on_ray)
+        api.run(on_ray)
 
 
+@pytest.mark.slow
 def test_a_parser_whose_labels_name_no_clothing_is_refused_before_any_work(tmp_path):
     body = build_segformer(tmp_path / "parts", ["background", "head", "torso", "arms", "legs"])
     out = str(tmp_path / "run")
@@ -291,7 +299,7 @@ def test_a_segmentation_model_parser_runs_end_to_end(world, tmp_path):
         source={"dataset": WORLD, "identities": 1, "images_per_identity": 1},
         masks={"source": "model", "path": str(parser)},
     )
-    inpaint(spec, use_ray=False)
+    api.run(spec, use_ray=False)
     (row, pixels), *_ = variants(out)
     with Image.open(world.root / row["parent"]) as image:
         original = np.asarray(image.convert("RGB"))
@@ -300,7 +308,7 @@ def test_a_segmentation_model_parser_runs_end_to_end(world, tmp_path):
 
 def test_output_to_s3(world, bucket, tmp_path):
     out = f"s3://{bucket}/runs/inpaint"
-    inpaint(make_spec(out, run_id="s3", source={**SPEC["source"], "identities": 1}), use_ray=False)
+    api.run(make_spec(out, run_id="s3", source={**SPEC["source"], "identities": 1}), use_ray=False)
     assert verify_run(out).ok() and len(Run(out).table()) == IMAGES * VARIANTS
 
 
@@ -324,20 +332,21 @@ def test_the_world_preset_inpaints_by_latent_blending(world, tmp_path):
         source={"dataset": WORLD, "identities": 1, "images_per_identity": 2},
         sampler={"steps": 2, "guidance": 4.0, "width": 64, "height": 128, "batch_size": 2},
     )
-    assert inpaint(spec, use_ray=False)["generated_images"] == 2 * VARIANTS
+    assert api.run(spec, use_ray=False)["generated_images"] == 2 * VARIANTS
     made = variants(out)
     assert len(made) == 2 * VARIANTS
     only_the_clothes_changed(made, world)
-    fingerprint = InpaintModelRef(preset="world").fingerprint()
-    assert {row["model"] for row, _ in made} == {fingerprint} != {InpaintModelRef(preset="tiny").fingerprint()}
+    fingerprint = ModelRef(preset="world").fingerprint(inpainting=True)
+    assert {row["model"] for row, _ in made} == {fingerprint} != {ModelRef(preset="tiny").fingerprint(inpainting=True)}
     assert verify_run(out).ok()
 
 
 def test_a_text_to_image_folder_loads_for_latent_blending():
-    inpainter = Inpainter.load(InpaintModelRef(path=str(preset_path("tiny"))))
+    inpainter = Inpainter.load(ModelRef(path=str(preset_path("tiny"))))
     assert inpainter.pipe.unet.config.in_channels == 4
 
 
+@pytest.mark.slow
 def test_a_unet_with_another_channel_count_is_refused_with_one_line(tmp_path):
     odd = tmp_path / "odd"
     (odd / "unet").mkdir(parents=True)
@@ -347,7 +356,7 @@ def test_a_unet_with_another_channel_count_is_refused_with_one_line(tmp_path):
         "or a text-to-image one (4, inpainted by latent blending)"
     )
     with pytest.raises(FactoryError, match=re.escape(expected)):
-        Inpainter.load(InpaintModelRef(path=str(odd)))
+        Inpainter.load(ModelRef(path=str(odd)))
     out = str(tmp_path / "run")
     spec = write_spec(tmp_path / "s.yaml", out, model={"path": str(odd)})
     _fails_with_one_line(run_cli("inpaint", str(spec), "--local"), out, expected)
@@ -359,7 +368,8 @@ def test_model_descriptions_on_ray_fill_the_cache(ray_session, world, tmp_path):
     describer = {**models, "images_per_outfit": 1, "vlm_max_new_tokens": 4, "llm_max_new_tokens": 4}
     spec = make_spec(str(tmp_path / "run"), wardrobe={"source": "model", "describer": describer})
     records = world["train"]
-    wardrobe, fingerprint = build_wardrobe(spec, records, world.root, use_ray=True)
+    wardrobe = build_wardrobe(spec, records, world.root, Runtime(use_ray=True))
+    fingerprint = describer_fingerprint(spec.wardrobe.describer, spec.seed)
     assert set(wardrobe.outfits) == {r.clothes for r in records}
     assert all(len(o.answers) == 1 and o.describer == fingerprint for o in wardrobe.outfits.values())
     cached = Wardrobe.load(str(tmp_path / "run" / "wardrobe.parquet"))  # the default cache: the run's wardrobe

@@ -15,6 +15,7 @@ from factory.dlcr.masks import LIP_KEEP, LabelMapFolder, LabelRule, MaskError, c
 from factory.dlcr.spec import DescriberSpec, InpaintSpec, MaskSpec
 from factory.dlcr.targets import TargetSampler
 from factory.dlcr.wardrobe import (
+    DescriberConfig,
     OutfitDescriber,
     Wardrobe,
     cached_wardrobe,
@@ -26,7 +27,7 @@ from factory.dlcr.wardrobe import (
     world_wardrobe,
 )
 from factory.errors import FactoryError
-from factory.specs import load_spec
+from factory.spec import load_spec
 from factory.world import LIP
 
 WORLD = "world://prcc?identities=8&seed=0"
@@ -177,6 +178,11 @@ def test_wardrobe_files_round_trip_and_bad_rows_are_named(tmp_path):
         file_wardrobe(str(tmp_path / "absent.jsonl"))
 
 
+def in_process(describer: OutfitDescriber):
+    """Describe every outfit at once on `describer`, in this process."""
+    return lambda outfits, keep: keep(describer.describe(outfits))
+
+
 def test_model_descriptions_are_cached_so_a_rerun_asks_no_model(prcc, hf_models, tmp_path):
     spec = DescriberSpec(
         vlm=str(hf_models["vlm"]),
@@ -189,19 +195,19 @@ def test_model_descriptions_are_cached_so_a_rerun_asks_no_model(prcc, hf_models,
     fingerprint = describer_fingerprint(spec, seed=0)
     cache = str(tmp_path / "wardrobe.parquet")
 
-    first = OutfitDescriber(spec, 0, fingerprint)
-    wardrobe = cached_wardrobe(groups, cache, fingerprint, first.describe)
+    first = OutfitDescriber(DescriberConfig(spec, 0, fingerprint))
+    wardrobe = cached_wardrobe(groups, cache, fingerprint, in_process(first))
     assert first.calls == 3 * (2 + 1)  # 2 VLM answers and 1 LLM summary per outfit
     assert set(wardrobe.outfits) == {g.outfit for g in groups}
     assert all(len(o.answers) == 2 and o.describer == fingerprint for o in wardrobe.outfits.values())
 
-    again = OutfitDescriber(spec, 0, fingerprint)
-    assert cached_wardrobe(groups, cache, fingerprint, again.describe) == wardrobe
+    again = OutfitDescriber(DescriberConfig(spec, 0, fingerprint))
+    assert cached_wardrobe(groups, cache, fingerprint, in_process(again)) == wardrobe
     assert again.calls == 0 and again.vlm is None  # not even loaded
 
     more = outfit_groups(prcc["train"], prcc.root)[:4]
-    third = OutfitDescriber(spec, 0, fingerprint)
-    cached_wardrobe(more, cache, fingerprint, third.describe)
+    third = OutfitDescriber(DescriberConfig(spec, 0, fingerprint))
+    cached_wardrobe(more, cache, fingerprint, in_process(third))
     assert third.calls == 3  # only the new outfit
     other = describer_fingerprint(spec.model_copy(update={"question": "What is she wearing?"}), seed=0)
     assert other != fingerprint

@@ -40,6 +40,10 @@ def _free_port(pair: bool = False) -> int:
                 continue
 
 
+# Two Ray nodes on this machine: about 45 s with their start and stop.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
 @pytest.fixture
 def cluster(tmp_path):
     env = {

@@ -256,7 +256,7 @@ def test_training_beats_initialisation(monkeypatch, tmp_path):
 
     identities=100 gives 80 training and 20 test identities; images at the world's native
     128×64. Measured on 2 CPU cores, 2026-11-22: seed 0 mAP 0.179 vs 0.127 untrained (the
-    `init` and `real` rows of `python -m factory.bench.reid_ab` print this comparison over
+    `init` and `real` rows of `python -m experiments.reid_ab` print this comparison over
     3 seeds). Smaller settings were not reliable: 64 identities at 64×32 gave 0.191 vs
     0.159, 160 identities at 64×32 0.109 vs 0.085, so resolution matters more than
     identity count here. The margin asserted (+30 % and +0.03) is below the measured +41 %.

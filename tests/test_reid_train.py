@@ -16,10 +16,10 @@ from factory.reid.data import ReidDataError, build_trainset, resolve_offsets
 from factory.reid.refine import refine_similarity
 from factory.reid.sampler import IdentitySampler, progressive_fraction, usable_variants
 from factory.reid.spec import MixSpec, RunSource
-from factory.shard_writer import SampleImage, ShardWriter
 from manifests.keys import sample_key
 from manifests.run_info import RunInfo, write_run_info, write_success
 from manifests.schema import ImageMeta
+from manifests.shard_writer import SampleImage, ShardWriter
 from tests.helpers import run_cli
 from tests.world_run import write_demo_run
 
@@ -179,6 +179,7 @@ def test_refinement_reproduces_a_hand_computed_example():
 # --- the commands ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_reid_then_eval_reid(tmp_path, demo_run):
     spec = _spec(tmp_path, runs=[{"uri": demo_run}])
     result = run_cli("train-reid", str(spec))

@@ -11,9 +11,9 @@ import webdataset as wds
 from helpers import run_cli, tar_members
 from world_run import write_demo_run
 
-from factory.storage import storage_for
 from manifests import Run, run_stats, verify_run
 from manifests.keys import split_member
+from manifests.storage import storage_for
 from manifests.webdataset_s3 import register_s3_gopen
 
 SHARDS, IDS_PER_SHARD, IMAGES_PER_ID = 3, 2, 3

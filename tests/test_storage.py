@@ -9,9 +9,9 @@ import pytest
 from helpers import inject_http_errors
 
 from factory.errors import NotFound, StorageError
-from factory.storage import join, storage_for
-from factory.storage.local import TEMP_PREFIX
-from factory.storage.s3 import MIB, S3Storage
+from manifests.storage import join, storage_for
+from manifests.storage.local import TEMP_PREFIX
+from manifests.storage.s3 import MIB, S3Storage
 
 
 def test_round_trip_on_every_backend(run_uri, tmp_path):

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory.bench.train_base import main as train_base
 from factory.models import ModelRef, TextToImage
 from factory.models.presets import SHIPPED, preset_path
 from factory.models.world_base import CHECKSUMS, MODALITY_WORDS, world_caption
 from factory.world.captions import ANY, COLOUR_SLOTS, SLOTS, VOCABULARY, describe, describe_words
 from factory.world.people import make_person
 from factory.world.render import SYSU_LIKE_CAMERAS
+from tools.train_base import main as train_base
 
 TINY = ["--images", "12", "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "4", "--height", "32", "--width", "16"]
 PERSON = describe(make_person(0, 0), 0)
@@ -81,12 +81,13 @@ def test_training_is_deterministic(trained, tmp_path):
     assert weight_bytes(tmp_path / "again") == weight_bytes(out)
 
 
+@pytest.mark.slow
 def test_training_resumes_from_its_checkpoint_to_the_same_bytes(tmp_path):
     """A run killed after a UNet checkpoint, started again with the same --work, ends byte-identical."""
     args = [*TINY[:4], "--unet-steps", "40", "--checkpoint-every", "5", *TINY[6:]]
     assert train_base(["--out", str(tmp_path / "straight"), *args]) == 0
     work = tmp_path / "work"
-    command = [sys.executable, "-m", "factory.bench.train_base", "--out", str(tmp_path / "resumed"),
+    command = [sys.executable, "-m", "tools.train_base", "--out", str(tmp_path / "resumed"),
                "--work", str(work)]
     killed = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = work / "unet-checkpoint" / "state.json"

@@ -13,7 +13,7 @@ from factory.datasets.records import DatasetError, Record, Splits, require
 
 TRIALS = range(1, 11)
 CAMERAS = {"visible": 1, "thermal": 2}
-MODALITIES = {"visible": "rgb", "thermal": "ir"}
+FOLDER_MODALITY = {"visible": "rgb", "thermal": "ir"}
 
 
 def read_index(root: Path, name: str, side: str) -> list[Record]:
@@ -24,7 +24,7 @@ def read_index(root: Path, name: str, side: str) -> list[Record]:
             continue
         try:
             relative, label = line.rsplit(maxsplit=1)
-            records.append(Record(root / relative, int(label), CAMERAS[side], MODALITIES[side]))
+            records.append(Record(root / relative, int(label), CAMERAS[side], FOLDER_MODALITY[side]))
         except ValueError:
             raise DatasetError(f"{index}:{number}: expected 'relative/path.bmp label', got {line!r}") from None
     return records

@@ -15,7 +15,6 @@ from factory.datasets.records import Record, Splits, image_files, require
 
 RGB_CAMERAS = (1, 2, 4, 5)
 IR_CAMERAS = (3, 6)
-INDOOR_RGB_CAMERAS = (1, 2)
 
 
 def read_ids(path: Path) -> list[int]:

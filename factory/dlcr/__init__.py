@@ -10,5 +10,5 @@ Stages, each a small class that is set up once and then fed batches:
 - `inpainter`: an SD inpainting pipeline and the paste-back of native pixels;
 - `actor`: the Ray actor that runs parser and inpainter over a task's source images;
 - `spec`, `tasks`, `writer` and `run`: the job spec, the plan, shards and the driver, on
-  the same engine as `generate` (`factory.scheduler`, `factory.distributor`).
+  the same engine as `generate` (`factory.engine.shards`, `factory.engine.pools`).
 """

@@ -32,20 +32,20 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
-from factory.dlcr.spec import InpaintModelRef, InpaintSamplerSpec
+from factory.dlcr.spec import InpaintSamplerSpec
 from factory.errors import FactoryError
+from factory.models.device import torch_dtype
 from factory.models.pipeline import SCHEDULERS
 from factory.models.presets import SHIPPED, preset_path
-from factory.models.reference import resolve_model_path
+from factory.models.reference import ModelRef, resolve_model_path
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # SD inpainting's UNet input: noisy latents (4), the mask (1), the masked image's latents (4).
 INPAINT_CHANNELS = 9
 # A text-to-image UNet's input: the noisy latents only; it inpaints by latent blending.
 BLEND_CHANNELS = 4
 
 
-def model_folder(ref: InpaintModelRef, cache_dir: Path | None = None) -> Path:
+def model_folder(ref: ModelRef, cache_dir: Path | None = None) -> Path:
     """The diffusers folder `ref` names: a built inpainting preset (tiny, sd15), the shipped
     text-to-image `world` preset (used as it is), or a local folder."""
     if ref.preset is None:
@@ -86,7 +86,7 @@ class Inpainter:
 
     @classmethod
     def load(
-        cls, ref: InpaintModelRef, *, device: str = "cpu", dtype: str = "float32", cache_dir: Path | None = None
+        cls, ref: ModelRef, *, device: str = "cpu", dtype: str = "float32", cache_dir: Path | None = None
     ) -> Inpainter:
         """A preset or a local diffusers folder (SD 1.5 inpainting weights, or a 4-channel text-to-image
         model, which inpaints by latent blending), safetensors only."""
@@ -96,7 +96,7 @@ class Inpainter:
             folder,
             local_files_only=True,
             use_safetensors=True,
-            dtype=_DTYPES[dtype],
+            dtype=torch_dtype(dtype),
             safety_checker=None,
             requires_safety_checker=False,
         )

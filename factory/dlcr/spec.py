@@ -6,53 +6,12 @@ steps, guidance 7.5, strength 1, eta 0, 768×256 (H×W), batches of 5, 10 varian
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from factory.models.reference import folder_digest, resolve_model_path
-from factory.specs import ResourcesSpec, Strict
-
-
-class InpaintModelRef(Strict):
-    """The inpainting model: a preset or a local diffusers folder whose UNet takes 9 or 4 input channels.
-
-    9 channels (DLCR's choice, docs/METHODS.md §3.3): an SD inpainting UNet, conditioned on the
-    mask and the masked image's latents; `tiny`/`sd15` are built with that input.
-    4 channels: a text-to-image UNet (the shipped `world` preset, or any SD folder), which
-    inpaints by latent blending, as diffusers' StableDiffusionInpaintPipeline does for it:
-    after every denoising step the latents outside the mask are replaced by the original's
-    latents noised to the next step, so only the masked region is generated. That is not
-    what DLCR ran; it is the way to inpaint with a text-to-image model such as the world one.
-
-    DLCR inpaints without fine-tuning, so there is no LoRA or identity bank here.
-    """
-
-    preset: Literal["tiny", "sd15", "world"] | None = Field(
-        None, description="tiny / sd15: built 9-channel inpainting presets; world: the shipped 4-channel model"
-    )
-    path: str | None = Field(None, description="local diffusers folder, or a hub id already in the local HF cache")
-
-    @model_validator(mode="after")
-    def _one_base(self) -> InpaintModelRef:
-        if (self.preset is None) == (self.path is None):
-            raise ValueError("give exactly one of preset or path")
-        return self
-
-    def fingerprint(self) -> str:
-        """Hashes contents, not paths (see `factory.models.reference`)."""
-        if self.preset is not None:
-            from factory.models.presets import PRESET_VERSION, SHIPPED
-
-            if self.preset in SHIPPED:  # trained weights used in place: their content, as ModelRef does
-                base = f"preset:{self.preset}:{folder_digest(SHIPPED[self.preset])}"
-            else:
-                base = f"preset:{self.preset}-inpainting:v{PRESET_VERSION}"
-        else:
-            base = f"folder:{folder_digest(resolve_model_path(self.path))}"
-        return hashlib.sha256(json.dumps({"base": base}).encode()).hexdigest()
+from factory.models.reference import FINE_TUNED_PARTS, ModelRef
+from factory.spec import ResourcesSpec, Strict
 
 
 class SourceSpec(Strict):
@@ -150,7 +109,13 @@ class InpaintSpec(Strict):
     run_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     output: str = Field(description="run URI: a local folder or s3://bucket/prefix")
     seed: int = 0
-    model: InpaintModelRef
+    model: ModelRef = Field(
+        description="a preset or a local diffusers folder, with no fine-tuned parts (DLCR inpaints without "
+        "fine-tuning): an SD inpainting model (9-channel UNet: noisy latents, mask, masked image; DLCR's choice; "
+        "the built tiny/sd15 presets) or a text-to-image one (4-channel UNet, e.g. the world preset), which "
+        "inpaints by latent blending: after every step the latents outside the mask are replaced by the "
+        "original's, noised to that step, as diffusers does for such a UNet. That is not what DLCR ran."
+    )
     source: SourceSpec
     masks: MaskSpec = MaskSpec()
     wardrobe: WardrobeSpec = WardrobeSpec()
@@ -161,6 +126,17 @@ class InpaintSpec(Strict):
     sampler: InpaintSamplerSpec = InpaintSamplerSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
+    @model_validator(mode="after")
+    def _plain_model(self) -> InpaintSpec:
+        if parts := self.model.fine_tuned_parts():
+            raise ValueError(f"model: DLCR inpaints with a plain model, without {', '.join(parts)}")
+        return self
+
     def content(self) -> dict[str, Any]:
-        """What decides the output bytes: the spec less where it goes and how it is scheduled."""
-        return self.model_dump(mode="json", exclude={"output", "resources", "actors"})
+        """What decides the output bytes: the spec less where it goes and how it is scheduled.
+
+        The model's fine-tuned parts are always empty here and left out, so the fingerprint
+        reads only what an inpainting model can be (a preset or a path).
+        """
+        exclude = {"output": True, "resources": True, "actors": True, "model": set(FINE_TUNED_PARTS)}
+        return self.model_dump(mode="json", exclude=exclude)

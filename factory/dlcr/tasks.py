@@ -10,15 +10,13 @@ same bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from factory.datasets.records import Record
 from factory.dlcr.targets import TargetSampler
 from factory.dlcr.wardrobe import outfit_id
 from factory.seeds import derive_seed
-from manifests.schema import ImageMeta
 
 
 @dataclass(frozen=True)
@@ -47,19 +45,27 @@ class InpaintTask:
     task_id: str
     shard: int
     sources: tuple[SourceImage, ...]
-    modality: str = "rgb"  # the actor group (DLCR inpaints RGB images)
+
+    @property
+    def group(self) -> str:
+        """One group of inpainting actors (DLCR inpaints RGB images)."""
+        return "rgb"
+
+    @property
+    def size(self) -> int:
+        return sum(len(source.variants) for source in self.sources)
 
 
 @dataclass(frozen=True)
-class MadeSample:
-    """One variant, encoded inside the actor."""
+class MadeVariant:
+    """One variant, encoded inside the actor (PNG); the writer turns it into a manifest row."""
 
-    identity: int
-    index: int
-    field: str  # member field, e.g. "rgb.png"
+    source: SourceImage
+    variant: Variant
     data: bytes
-    meta: ImageMeta
-    metadata: dict[str, Any] = field(default_factory=dict)  # goes into the sample's json
+    width: int
+    height: int
+    mask_pixels: int
 
 
 @dataclass(frozen=True)
@@ -73,23 +79,29 @@ class Skipped:
 class InpaintResult:
     task_id: str
     shard: int
-    samples: tuple[MadeSample, ...]
+    samples: tuple[MadeVariant, ...]
     skipped: tuple[Skipped, ...]
+
+    @property
+    def made(self) -> int:
+        return len(self.samples)
 
 
 @dataclass(frozen=True)
-class ShardPlan:
+class SourceShard:
+    """A shard's plan: the source images of whole identities, sorted by (identity, path)."""
+
     shard: int
-    records: tuple[Record, ...]  # whole identities, sorted by (identity, path)
+    records: tuple[Record, ...]
 
 
-def plan_shards(records: list[Record], identities_per_shard: int) -> list[ShardPlan]:
+def plan_source_shards(records: list[Record], identities_per_shard: int) -> list[SourceShard]:
     by_identity: dict[int, list[Record]] = {}
     for record in sorted(records, key=lambda r: (r.identity, str(r.path))):
         by_identity.setdefault(record.identity, []).append(record)
     identities = sorted(by_identity)
     return [
-        ShardPlan(
+        SourceShard(
             n, tuple(r for identity in identities[start : start + identities_per_shard] for r in by_identity[identity])
         )
         for n, start in enumerate(range(0, len(identities), identities_per_shard))
@@ -97,7 +109,7 @@ def plan_shards(records: list[Record], identities_per_shard: int) -> list[ShardP
 
 
 def shard_tasks(
-    plan: ShardPlan, root: Path, targets: TargetSampler, variants: int, run_seed: int, sources_per_task: int
+    plan: SourceShard, root: Path, targets: TargetSampler, variants: int, run_seed: int, sources_per_task: int
 ) -> list[InpaintTask]:
     """The tasks of one shard: its source images with their variants, `sources_per_task` a task."""
     sources: list[SourceImage] = []

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from factory.datasets.records import Record
 from factory.dlcr.spec import DescriberSpec
+from factory.engine.contract import Actor
 from factory.errors import FactoryError, NotFound
 from factory.seeds import derive_seed
-from factory.storage import storage_for
 from factory.world.annotations import read_annotations
+from manifests.storage import storage_for
 
 log = logging.getLogger(__name__)
 
@@ -195,21 +197,27 @@ def world_wardrobe(root: Path, groups: list[OutfitImages]) -> Wardrobe:
     return Wardrobe(outfits)
 
 
-Describe = Callable[[list[OutfitImages]], list[Outfit]]
+# describe(outfits, keep): describe the outfits, calling keep(described) as each chunk is done.
+Describe = Callable[[list[OutfitImages], Callable[[list[Outfit]], None]], None]
 
 
 def cached_wardrobe(groups: list[OutfitImages], cache_uri: str, fingerprint: str, describe: Describe) -> Wardrobe:
     """Outfits from the cache at `cache_uri` where it has them (same describer), described otherwise.
 
-    The cache is saved after every chunk of new descriptions, so a killed driver keeps
-    what was already described; it keeps rows of outfits this run does not use.
+    The cache is saved whenever a chunk of new descriptions comes in, so a killed driver
+    keeps what was already described; it keeps rows of outfits this run does not use.
     """
     cache = Wardrobe.load(cache_uri) or Wardrobe()
     missing = [g for g in groups if (hit := cache.outfits.get(g.outfit)) is None or hit.describer != fingerprint]
-    for start in range(0, len(missing), DESCRIBE_CHUNK):
-        for outfit in describe(missing[start : start + DESCRIBE_CHUNK]):
-            cache.outfits[outfit.outfit] = outfit
-        cache.save(cache_uri)
+    saving = threading.Lock()  # chunks may come in from the engine's writer threads
+
+    def keep(described: list[Outfit]) -> None:
+        with saving:
+            cache.outfits.update((outfit.outfit, outfit) for outfit in described)
+            cache.save(cache_uri)
+
+    if missing:
+        describe(missing, keep)
     return Wardrobe({g.outfit: cache.outfits[g.outfit] for g in groups})
 
 
@@ -230,24 +238,66 @@ def _sampling(temperature: float, **more: float) -> dict:
     return dict(do_sample=True, temperature=temperature, **more) if temperature > 0 else dict(do_sample=False)
 
 
-class OutfitDescriber:
-    """The VLM and LLM stages, loaded on first use; `calls` counts model generations."""
+@dataclass(frozen=True)
+class DescriberConfig:
+    spec: DescriberSpec
+    seed: int
+    fingerprint: str
+    threads: int = 1
 
-    def __init__(self, spec: DescriberSpec, seed: int, fingerprint: str) -> None:
-        self.spec = spec
-        self.seed = seed
-        self.fingerprint = fingerprint
+
+@dataclass(frozen=True)
+class DescribeTask:
+    """A chunk of outfits to describe: the unit the describer actor takes, with a timeout and retries."""
+
+    task_id: str
+    shard: int  # the chunk's number: each chunk is kept (saved to the cache) as it completes
+    outfits: tuple[OutfitImages, ...]
+    group: str = "describe"
+
+    @property
+    def size(self) -> int:
+        return len(self.outfits)
+
+
+@dataclass(frozen=True)
+class DescribeResult:
+    task_id: str
+    shard: int
+    outfits: tuple[Outfit, ...]
+
+    @property
+    def made(self) -> int:
+        return len(self.outfits)
+
+
+def describe_chunks(outfits: list[OutfitImages]) -> list[DescribeTask]:
+    """`outfits` in chunks of DESCRIBE_CHUNK, one task each."""
+    return [
+        DescribeTask(f"describe-{n:06d}", n, tuple(outfits[start : start + DESCRIBE_CHUNK]))
+        for n, start in enumerate(range(0, len(outfits), DESCRIBE_CHUNK))
+    ]
+
+
+class OutfitDescriber(Actor[DescriberConfig, DescribeTask, DescribeResult]):
+    """The VLM and LLM stages as an engine actor; `calls` counts model generations."""
+
+    def __init__(self, config: DescriberConfig) -> None:
+        super().__init__(config)
+        self.spec = config.spec
+        self.seed = config.seed
+        self.fingerprint = config.fingerprint
         self.calls = 0
         self.vlm = None
 
     def setup(self) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+        from factory.models.device import actor_device, torch_dtype
         from factory.models.reference import resolve_model_path
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.float16 if self.device == "cuda" else torch.float32
+        self.device, dtype_name = actor_device(self.config.threads, "auto")
+        dtype = torch_dtype(dtype_name)
         vlm, llm = resolve_model_path(self.spec.vlm), resolve_model_path(self.spec.llm)
         self.processor = AutoProcessor.from_pretrained(vlm, local_files_only=True)
         if not getattr(self.processor, "chat_template", None):
@@ -304,9 +354,11 @@ class OutfitDescriber:
         self.calls += 1
         return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
+    def process(self, task: DescribeTask) -> DescribeResult:
+        return DescribeResult(task.task_id, task.shard, tuple(self.describe(list(task.outfits))))
+
     def describe(self, groups: list[OutfitImages]) -> list[Outfit]:
-        if self.vlm is None:
-            self.setup()
+        self.ready()
         outfits = []
         for group in groups:
             images = group.images[: self.spec.images_per_outfit]

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
+from factory.models.device import torch_dtype
 from factory.models.presets import preset_path
 from factory.models.reference import ModelRef, existing_file, resolve_model_path
 
@@ -38,7 +39,6 @@ SCHEDULERS = {
 }
 # DiVE samples with DPM-Solver++ of order 2, built from the model's own scheduler config.
 _SCHEDULER_OPTIONS = {"dpm++": dict(algorithm_type="dpmsolver++", solver_order=2)}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def random_identity_vector(seed: int, dim: int, scale: float) -> np.ndarray:
@@ -93,15 +93,13 @@ class TextToImage:
         cls, ref: ModelRef, *, device: str = "cpu", dtype: str = "float32", cache_dir: Path | None = None
     ) -> TextToImage:
         """Load everything from local files only; fine-tuned LoRA weights are fused into the UNet."""
-        if dtype not in _DTYPES:
-            raise FactoryError(f"unknown dtype {dtype!r} (choose from {', '.join(_DTYPES)})")
         folder = preset_path(ref.preset, cache_dir) if ref.preset else resolve_model_path(ref.path)
         bank = IdentityBank.load(ref.bank) if ref.bank else None
         codes = _camera_codes(ref.camera_codes) if ref.camera_codes else {}
         pipe = StableDiffusionPipeline.from_pretrained(
             folder,
             local_files_only=True,
-            dtype=_DTYPES[dtype],
+            dtype=torch_dtype(dtype),
             safety_checker=None,
             requires_safety_checker=False,
         )

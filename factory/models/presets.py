@@ -6,7 +6,7 @@ built deterministically (seed 0), so a preset name plus `PRESET_VERSION` identif
 weights exactly; bump the version whenever anything here changes the bytes.
 
 `world` is different: trained weights shipped in the package (`SHIPPED`), made by
-`python -m factory.bench.train_base` (see `factory.models.world_base`); its folder is
+`python -m tools.train_base` (see `factory.models.world_base`); its folder is
 used in place and fingerprinted by content, so it needs no version here.
 
 Each built preset also comes as an inpainting pipeline (`inpainting=True`, for DLCR): the same
@@ -20,20 +20,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
-from diffusers import (
-    AutoencoderKL,
-    PNDMScheduler,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from typing import TYPE_CHECKING
 
 from factory.errors import FactoryError
 from factory.models.tokenizer import BOS, EOS, MAX_LENGTH, build_clip_tokenizer
 from factory.world.cache import default_cache_dir
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+# torch, diffusers and transformers are imported only to build a preset: finding a built or
+# shipped one (what every run's checks do) must not pay seconds of imports.
 
 PRESET_VERSION = 1
 
@@ -115,6 +112,16 @@ def preset_configs(name: str, tokenizer: CLIPTokenizer, *, inpainting: bool = Fa
 
 def build_preset(name: str, out_dir: Path, *, inpainting: bool = False) -> Path:
     """Build preset `name` and save it as a diffusers folder at `out_dir`; same bytes every time."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_clip_tokenizer(Path(tmp))

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from factory.errors import FactoryError
 
 _CHUNK = 1 << 20
+FINE_TUNED_PARTS = ("lora", "bank", "camera_codes", "camera_tokens")
 
 
 def file_digest(path: Path) -> str:
@@ -68,7 +69,12 @@ def existing_file(path: str, what: str) -> Path:
 
 
 class ModelRef(BaseModel):
-    """A text-to-image model: a preset or a diffusers folder, plus optional fine-tuned parts."""
+    """A diffusion model: a preset or a diffusers folder, plus optional fine-tuned parts (text-to-image only).
+
+    Presets: `tiny` (random weights, built in seconds), `sd15` (SD 1.5's architecture,
+    random weights) and `world` (trained on the procedural world, shipped). Built presets
+    come in a text-to-image and a 9-channel inpainting form; shipped ones are used as they are.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -85,17 +91,25 @@ class ModelRef(BaseModel):
             raise ValueError("give exactly one of preset or path")
         return self
 
-    def fingerprint(self) -> str:
-        """Stable sha256 hex of everything that defines the weights (see the module docstring)."""
+    def fine_tuned_parts(self) -> list[str]:
+        return [name for name in FINE_TUNED_PARTS if getattr(self, name) is not None]
+
+    def fingerprint(self, *, inpainting: bool = False) -> str:
+        """Stable sha256 hex of everything that defines the weights (see the module docstring).
+
+        `inpainting`: the model is loaded as an inpainting pipeline, for which a built preset
+        is a different (9-channel) model.
+        """
         if self.preset is not None:
             from factory.models.presets import PRESET_VERSION, SHIPPED
 
-            version = folder_digest(SHIPPED[self.preset]) if self.preset in SHIPPED else f"v{PRESET_VERSION}"
-            base = f"preset:{self.preset}:{version}"
+            if self.preset in SHIPPED:  # trained weights used in place: their content
+                base = f"preset:{self.preset}:{folder_digest(SHIPPED[self.preset])}"
+            else:
+                base = f"preset:{self.preset}{'-inpainting' if inpainting else ''}:v{PRESET_VERSION}"
         else:
             base = f"folder:{folder_digest(resolve_model_path(self.path))}"
         parts = {"base": base}
-        for field in ("lora", "bank", "camera_codes", "camera_tokens"):
-            if (value := getattr(self, field)) is not None:
-                parts[field] = file_digest(existing_file(value, field.replace("_", " ")))
+        for field in self.fine_tuned_parts():
+            parts[field] = file_digest(existing_file(getattr(self, field), field.replace("_", " ")))
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -12,9 +12,12 @@ import itertools
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import regex
-from transformers import CLIPTokenizer
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -101,4 +104,6 @@ def build_clip_tokenizer(out_dir: Path, words: Iterable[str] = DEFAULT_WORDS) ->
     (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     # model_max_length must be given: files alone leave it unbounded and max_length padding overflows.
+    from transformers import CLIPTokenizer
+
     return CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=MAX_LENGTH)

@@ -5,7 +5,7 @@ The `tiny` preset has random weights, so whatever it generates is noise; fine-tu
 prompt describes*. This module trains one in the standard diffusers layout (VAE, UNet,
 CLIP text encoder and BPE tokenizer, scheduler), small enough to ship in the package
 (the `world` preset) and cheap enough to retrain on a CPU (`python -m
-factory.bench.train_base`).
+tools.train_base`).
 
 What it learns from: renders of people of world seed `WORLD_SEED` (1000; evaluation and
 demo worlds use seeds below 200, the identity oracle its own), through every camera of
@@ -55,7 +55,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from factory.finetune.captions import CAPTION_TEMPLATES
+from factory.dive.finetune.captions import CAPTION_TEMPLATES
 from factory.models.presets import SD15_SCHEDULER
 from factory.models.tokenizer import BOS, DEFAULT_WORDS, EOS, MAX_LENGTH, build_clip_tokenizer
 from factory.seeds import derive_seed

@@ -1,18 +1,5 @@
-"""AGW/CAJ two-stream VI-ReID models, losses, CAJ channel augmentation and a minimal CPU trainer.
+"""The reference ReID models (AGW, CAJ, CAL), their training and evaluation, and identity scoring.
 
-The recipes are in docs/METHODS.md §6.
+The recipes are in docs/METHODS.md §6. Modules are imported where used: `factory.reid.spec`
+(what `train-reid` validates) must not pay for torch.
 """
-
-from factory.reid.backbone import PRESETS, GeM, NonLocal, TwoStreamResNet, build_model
-from factory.reid.losses import ADPLoss, CrossEntropyLabelSmooth, WRTLoss
-
-__all__ = [
-    "PRESETS",
-    "ADPLoss",
-    "CrossEntropyLabelSmooth",
-    "GeM",
-    "NonLocal",
-    "TwoStreamResNet",
-    "WRTLoss",
-    "build_model",
-]

@@ -2,7 +2,7 @@
 
 It is an ordinary `factory train-reid` model folder (`model.safetensors` + `model.json`,
 an AGW two-stream network), shipped in the package and trained by `python -m
-factory.bench.train_oracle` on people of its own world seed (`ORACLE_WORLD_SEED`),
+tools.train_oracle` on people of its own world seed (`ORACLE_WORLD_SEED`),
 which no experiment, demo, test or base model uses. So when it scores a run made from
 world people, it has never seen those people nor anything a generator drew.
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from factory.specs import Strict
+from factory.spec import Strict
 
 Task = Literal["visible_infrared", "clothes_changing"]
 ARCHES: dict[str, Task] = {"agw": "visible_infrared", "caj": "visible_infrared", "cal": "clothes_changing"}

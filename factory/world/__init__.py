@@ -5,7 +5,7 @@ numpy and PIL: `make_person(identity, seed)` gives an identity (body, skin, hair
 accessories, two or more outfits), and `render(person, outfit, camera, seed=...)` gives
 an RGB or IR image with its LIP parsing mask. Everything is deterministic.
 
-    python -m factory.bench.world
+    python -m benchmarks.world
     python -m factory.world.contact_sheet --out sheet.png --identities 6
 """
 

@@ -71,7 +71,6 @@ HAIR_STYLES = ("short", "buzz", "long", "ponytail", "bun", "curly")
 
 # LIP label of each top garment (t-shirts, shirts and sweaters are upper-clothes).
 TOP_LABEL = {"t-shirt": 5, "shirt": 5, "sweater": 5, "jacket": 7, "coat": 7, "dress": 6}
-BOTTOM_LABEL = {"pants": 9, "shorts": 9, "skirt": 12}
 
 _PATTERN_WORD = {"plain": "", "stripes": "striped", "checks": "checked", "dots": "polka-dot"}
 

@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable
 
 from factory.seeds import derive_seed
-from factory.shard_writer import SampleImage, ShardWriter
-from factory.storage import Storage, storage_for
 from factory.world.layouts import SYSU_CAMERAS
 from factory.world.people import make_person
 from factory.world.render import render
 from manifests.keys import sample_key
 from manifests.run_info import RunInfo, write_run_info, write_success
 from manifests.schema import ImageMeta, SourceIdentity
+from manifests.shard_writer import SampleImage, ShardWriter
+from manifests.storage import Storage, storage_for
 
 MODEL = "world-render"
 CAMERAS = {"rgb": SYSU_CAMERAS[1], "ir": SYSU_CAMERAS[3]}

@@ -1,0 +1,86 @@
+"""The generation actor: one text-to-image pipeline for one modality.
+
+An engine `Actor`: `setup()` loads the pipeline once, `process(task)` makes, batches and
+encodes one task's images. Ray wraps it at run time (`factory.engine.pools`); tests and
+machines without Ray call it directly, the same code either way. Images leave as
+encoded bytes, never as arrays (docs/METHODS.md §9: binary blobs spill the object store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from factory.dive.spec import SamplerSpec
+from factory.dive.tasks import GeneratedImage, GenerationResult, GenerationTask, Item
+from factory.engine.contract import Actor
+from factory.images import encode_image
+from factory.models.reference import ModelRef
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    model: ModelRef  # resolved: presets already built, paths local
+    modality: str
+    prompt: str  # with {camera} and {identity}
+    sampler: SamplerSpec
+    threads: int = 1  # torch CPU threads: one per CPU Ray gave the actor
+
+
+class GeneratorActor(Actor[ActorConfig, GenerationTask, GenerationResult]):
+    def setup(self) -> None:
+        from factory.models.device import actor_device
+        from factory.models.pipeline import TextToImage
+
+        device, dtype = actor_device(self.config.threads, self.config.sampler.dtype)
+        self.pipeline = TextToImage.load(self.config.model, device=device, dtype=dtype)
+
+    def process(self, task: GenerationTask) -> GenerationResult:
+        self.ready()
+        sampler = self.config.sampler
+        code = self.pipeline.camera_code(task.camera)
+        images: list[GeneratedImage] = []
+        for start in range(0, len(task.items), sampler.batch_size):
+            batch = task.items[start : start + sampler.batch_size]
+            prompts = [self._prompt(code, item) for item in batch]
+            pictures = self.pipeline.generate(
+                prompts,
+                [self._vector(item) for item in batch],
+                [item.seed for item in batch],
+                scheduler=sampler.scheduler,
+                steps=sampler.steps,
+                guidance=sampler.guidance,
+                width=sampler.width,
+                height=sampler.height,
+            )
+            for item, prompt, picture in zip(batch, prompts, pictures):
+                images.append(
+                    GeneratedImage(
+                        identity=item.identity,
+                        index=item.index,
+                        modality=task.modality,
+                        camera=task.camera,
+                        seed=item.seed,
+                        prompt=prompt,
+                        data=encode_image(picture, sampler.image_format, sampler.quality),
+                        width=picture.width,
+                        height=picture.height,
+                    )
+                )
+        return GenerationResult(task.task_id, task.shard, tuple(images))
+
+    def _prompt(self, camera_code: str, item: Item) -> str:
+        """The spec's prompt for `item`: its words in the identity's place, else the vector's slot."""
+        from factory.models.pipeline import IDENTITY
+
+        return self.config.prompt.format(camera=camera_code, identity=item.text if item.text is not None else IDENTITY)
+
+    def _vector(self, item: Item):
+        if item.text is not None:
+            return None
+        if item.vector is not None:
+            return item.vector
+        from factory.models.pipeline import random_identity_vector
+
+        scale = self.pipeline.typical_token_norm()
+        return random_identity_vector(item.vector_seed, self.pipeline.embedding_dim, scale)
+

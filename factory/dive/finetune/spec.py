@@ -1,0 +1,93 @@
+"""The `factory finetune` job spec: DiVE's fine-tuning of a base model on real identities."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from factory.models.reference import ModelRef
+from factory.spec import Strict
+
+
+class DatasetSourceSpec(Strict):
+    """One dataset split to fine-tune on (see `factory.dive.finetune.trainset.DatasetSource`)."""
+
+    dataset: str = Field(description="a folder (with layout) or a world:// URI")
+    layout: str | None = None
+    split: str = "train"
+    name: str | None = Field(None, description="name recorded in the bank's sources (default: the layout's)")
+    single_camera: str | None = Field(None, description="DiVE: all of Market-1501 is one camera, 'cam7'")
+    descriptions: str | None = Field(
+        None, description="'world' or a JSON file of pid -> text: start each identity's tokens from its words"
+    )
+    pids: list[int] | None = Field(None, description="train on these pids of the split only (default: all)")
+
+
+class EmbedSpec(Strict):
+    """Embed mode: learn tokens for identities the fine-tune never saw, against the frozen fine-tuned model."""
+
+    images: str = Field(description="a folder with one subfolder of images per new identity")
+    camera: str = Field(description="the camera key (in the base's camera codes) the images were taken with")
+    modality: Literal["rgb", "ir"] = "rgb"
+    name: str = Field("embedded", description="dataset name recorded as the new identities' source")
+    first_id: int | None = Field(None, ge=0, description="default: after the bank's largest identity")
+
+
+class NewIdentitiesSpec(Strict):
+    """Sample identities nobody has: vectors at least `min_distance` from every real one (and each other)."""
+
+    count: int = Field(ge=1)
+    method: Literal["gaussian", "interpolate"] = "gaussian"
+    min_distance: float = Field(gt=0)
+    first_id: int | None = Field(None, ge=0, description="default: after the bank's largest identity")
+
+
+class FinetuneSpec(Strict):
+    """DiVE fine-tuning (docs/METHODS.md §2.2): UNet LoRA + identity tokens, camera codes in the captions."""
+
+    run_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    output: str = Field(description="local folder for checkpoints and the exported model")
+    seed: int = 42
+    base: ModelRef = Field(description="the model to fine-tune: a preset or a diffusers folder (no LoRA/bank)")
+    datasets: list[DatasetSourceSpec] = Field(default_factory=list)
+    exclude: list[DatasetSourceSpec] = Field(
+        default_factory=list, description="splits whose identities must not be trained on (e.g. test)"
+    )
+    mode: Literal["joint", "separate", "embed"] = Field(
+        "joint", description="separate: one LoRA and bank per modality; embed: tokens only, for `embed`"
+    )
+    embed: EmbedSpec | None = None
+    new_identities: NewIdentitiesSpec | None = Field(None, description="appended to the exported bank")
+    first_id: int = Field(0, ge=0, description="identities are renumbered from here")
+    token_init: str = Field("person", description="word whose embedding initialises every new token row (D5)")
+    camera_tokens: Literal["code", "learned"] = Field(
+        "code", description="code: DiVE's frozen random code strings, learned through the LoRA; learned: a token row each"
+    )
+    p_identity_caption: float = Field(0.5, ge=0, le=1)
+    width: int = Field(256, ge=8, multiple_of=8)
+    height: int = Field(512, ge=8, multiple_of=8)
+    lora_rank: int = Field(128, ge=1)
+    lora_alpha: float | None = Field(None, description="default: the rank (scale 1)")
+    lora_targets: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    learning_rate: float = Field(5e-5, gt=0, description="LoRA")
+    ti_learning_rate: float = Field(5e-5, gt=0, description="identity token rows")
+    weight_decay: float = Field(1e-2, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="clipped on the LoRA parameters only, as DiVE")
+    batch_size: int = Field(16, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    steps: int = Field(400_000, ge=1, description="optimizer steps")
+    checkpoint_every: int = Field(40_000, ge=1)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> FinetuneSpec:
+        if self.mode == "embed":
+            if self.embed is None or not (self.base.bank and self.base.camera_codes):
+                raise ValueError("embed mode needs embed: {images, camera} and a base with bank and camera_codes")
+        elif not self.datasets:
+            raise ValueError(f"{self.mode} mode needs datasets to train on")
+        return self
+
+    def content(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"output", "checkpoint_every"})

@@ -1,0 +1,186 @@
+"""Where tasks run: a Ray actor pool per actor group, or this process.
+
+The driver keeps the queue; a pool leases each task to one idle actor and hands back
+outcomes. A lease ends when the actor answers, when it dies (Ray restarts it: the
+constructor runs again and the pipeline is reloaded) or when the task outlives its
+timeout (the actor is killed and restarted, docs/METHODS.md §9's tail hangs). In every
+failure the task goes back to the queue; the driver bounds its attempts. A task that
+raised a `FactoryError` (bad input: a retry would fail the same way) comes back fatal.
+
+The actors are `factory.engine.contract.Actor`s; a method names them in its
+`actor_groups()`, so this module knows no method.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from factory.engine.contract import ActorGroup, Result, Task
+from factory.errors import FactoryError
+from factory.spec import ResourcesSpec
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "reid-factory"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task: Task
+    result: Result | None = None
+    error: str | None = None
+    fatal: bool = False  # the task's input is bad: re-queueing it would fail again
+
+
+class Pool(Protocol):
+    def free_slots(self, group: str) -> int: ...
+
+    def submit(self, task: Task) -> None: ...
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        """Outcomes of tasks that ended since the last call; blocks up to `timeout` for one."""
+
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """One actor per group in this process, one task at a time: no Ray needed."""
+
+    def __init__(self, groups: dict[str, ActorGroup]) -> None:
+        self.actors = {name: group.actor_cls(group.config) for name, group in groups.items()}
+        self.pending: list[Task] = []
+
+    def free_slots(self, group: str) -> int:
+        return 0 if self.pending else 1
+
+    def submit(self, task: Task) -> None:
+        self.pending.append(task)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        if not self.pending:
+            time.sleep(min(timeout, 0.02))  # nothing to run: the driver waits on shard commits
+        outcomes = []
+        while self.pending:
+            task = self.pending.pop()
+            try:
+                actor = self.actors[task.group]
+                actor.ready()
+                outcomes.append(Outcome(task, result=actor.process(task)))
+            except FactoryError as e:
+                outcomes.append(Outcome(task, error=str(e), fatal=True))
+            except Exception as e:  # noqa: BLE001 - reported as the task's failure and retried
+                log.warning("task %s failed: %s", task.task_id, e)
+                outcomes.append(Outcome(task, error=f"{type(e).__name__}: {e}"))
+        return outcomes
+
+    def close(self) -> None:
+        self.actors.clear()
+
+
+@dataclass
+class _Lease:
+    task: Task
+    actor: int
+    started: float
+
+
+class RayPool:
+    """`group.count` Ray actors per group; each holds one lease at a time."""
+
+    def __init__(self, groups: dict[str, ActorGroup], resources: ResourcesSpec, run_id: str, role: str) -> None:
+        import ray
+
+        self._ray = ray
+        self.role = role
+        self.timeout_s = resources.task_timeout_s
+        self.actors: dict[str, list] = {}
+        for name, group in groups.items():
+            remote = ray.remote(group.actor_cls)
+            self.actors[name] = [
+                remote.options(
+                    name=f"{role}-{run_id}-{name}-{i}",
+                    namespace=NAMESPACE,
+                    num_cpus=resources.cpus_per_actor,
+                    num_gpus=resources.gpus_per_actor,
+                    max_restarts=-1,  # restarted after a crash; the driver bounds each task's attempts
+                    max_task_retries=0,  # a lost call comes back to the driver, which re-queues it
+                ).remote(group.config)
+                for i in range(group.count)
+            ]
+        # An actor takes tasks only once its pipeline is loaded (again, after a restart), so a
+        # task's timeout measures its own work, not a model load or a wait for a node.
+        self.idle: dict[str, deque[int]] = {name: deque() for name in self.actors}
+        self.loading: dict = {}  # ObjectRef of ready() -> (group, actor)
+        self.leases: dict = {}  # ObjectRef of process() -> _Lease
+        for name, actors in self.actors.items():
+            for i in range(len(actors)):
+                self._load(name, i)
+
+    def _load(self, group: str, actor: int) -> None:
+        self.loading[self.actors[group][actor].ready.remote()] = (group, actor)
+
+    def free_slots(self, group: str) -> int:
+        return len(self.idle[group])
+
+    def submit(self, task: Task) -> None:
+        actor = self.idle[task.group].popleft()
+        ref = self.actors[task.group][actor].process.remote(task)
+        self.leases[ref] = _Lease(task, actor, time.monotonic())
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        ray = self._ray
+        pending = [*self.leases, *self.loading]
+        ready, _ = ray.wait(pending, num_returns=1, timeout=timeout)
+        if ready:  # collect whatever else has finished too
+            ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+        outcomes = []
+        for ref in ready:
+            if ref in self.loading:
+                self._loaded(ref)
+                continue
+            lease = self.leases.pop(ref)
+            try:
+                outcomes.append(Outcome(lease.task, result=ray.get(ref)))
+                self.idle[lease.task.group].append(lease.actor)
+            except ray.exceptions.RayActorError as e:
+                outcomes.append(Outcome(lease.task, error=f"actor died ({type(e).__name__})"))
+                self._load(lease.task.group, lease.actor)  # Ray restarts it; use it once loaded
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if e.cause else e
+                outcomes.append(
+                    Outcome(lease.task, error=str(cause).splitlines()[0], fatal=isinstance(cause, FactoryError))
+                )
+                self.idle[lease.task.group].append(lease.actor)
+        self._kill_overdue()
+        return outcomes
+
+    def _loaded(self, ref) -> None:
+        group, actor = self.loading.pop(ref)
+        try:
+            self._ray.get(ref)
+        except self._ray.exceptions.RayActorError:
+            self._load(group, actor)  # died while loading: try again on the restarted actor
+            return
+        except self._ray.exceptions.RayTaskError as e:
+            # Loading is deterministic: a model that failed to load once will fail again.
+            cause = str(e.cause if e.cause else e).splitlines()[0]
+            raise FactoryError(f"{self.role} actor ({group}) could not load its model: {cause}") from None
+        self.idle[group].append(actor)
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for lease in self.leases.values():
+            if now - lease.started > self.timeout_s:
+                log.warning("task %s exceeded %.0f s; restarting its actor", lease.task.task_id, self.timeout_s)
+                self._ray.kill(self.actors[lease.task.group][lease.actor], no_restart=False)
+                lease.started = now  # its call now fails with RayActorError and is re-queued
+
+    def close(self) -> None:
+        for actors in self.actors.values():
+            for actor in actors:
+                self._ray.kill(actor, no_restart=True)
+        self.actors.clear()

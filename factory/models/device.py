@@ -1,0 +1,34 @@
+"""Where and in what precision an actor runs its models: one place for every actor."""
+
+from __future__ import annotations
+
+import torch
+
+from factory.errors import FactoryError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise FactoryError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+def actor_device(threads: int, dtype: str) -> tuple[str, str]:
+    """Set up this worker process for model work; (device, dtype name) to load on.
+
+    `threads`: torch CPU threads, one per CPU Ray gave the actor (more would oversubscribe
+    the node). `dtype` "auto" is float16 on a GPU and float32 on a CPU. Loading bars are
+    silenced: one from every actor would drown the driver's progress bar.
+    """
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device == "cuda" else "float32"
+    return device, dtype

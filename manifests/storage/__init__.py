@@ -1,0 +1,90 @@
+"""One small interface over where runs live: local folders and `s3://` URIs.
+
+Callers never branch on the scheme; `storage_for(uri)` looks the backend up in
+`BACKENDS` (the same idea as webdataset's `gopen` table), so adding a scheme is
+one entry here and one module beside this file.
+
+Every `put_*` is atomic: a reader sees the whole object or nothing. That is what
+makes "the manifest fragment is the commit marker" safe (see ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import urlsplit
+
+from manifests.errors import StorageError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    size: int
+
+
+class Storage(Protocol):
+    """What every backend offers. URIs are absolute in the backend's scheme."""
+
+    def put_file(self, src: Path, uri: str) -> None:
+        """Store a local file under `uri` atomically (all or nothing)."""
+
+    def put_bytes(self, data: bytes, uri: str) -> None:
+        """Store `data` under `uri` atomically."""
+
+    def get_bytes(self, uri: str) -> bytes:
+        """The whole object; raises `NotFound`."""
+
+    def get_range(self, uri: str, offset: int, size: int) -> bytes:
+        """`size` bytes from `offset` (random access to a tar member)."""
+
+    def open_read(self, uri: str) -> BinaryIO:
+        """A streaming, forward-only reader; close it when done."""
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under the folder `prefix`, recursively, sorted by URI."""
+
+    def exists(self, uri: str) -> bool:
+        """Whether an object exists at `uri`."""
+
+
+def _local() -> Storage:
+    from manifests.storage.local import LocalStorage
+
+    return LocalStorage()
+
+
+def _s3() -> Storage:
+    from manifests.storage.s3 import S3Storage
+
+    return S3Storage()
+
+
+# Scheme -> backend constructor. "" is a plain local path.
+BACKENDS: dict[str, Callable[[], Storage]] = {"": _local, "file": _local, "s3": _s3}
+
+
+def scheme_of(uri: str) -> str:
+    return urlsplit(uri).scheme.lower()
+
+
+def storage_for(uri: str) -> Storage:
+    """The backend that serves `uri`, by its scheme."""
+    scheme = scheme_of(uri)
+    try:
+        make = BACKENDS[scheme]
+    except KeyError:
+        known = ", ".join(f"{s}://" for s in sorted(BACKENDS) if s) + ", or a local path"
+        raise StorageError(f"{uri}: unsupported scheme {scheme!r} (use {known})") from None
+    return make()
+
+
+def join(base: str, *parts: str) -> str:
+    """`base/part/...` for any scheme; parts are relative names and may not climb out."""
+    for part in parts:
+        pieces = part.split("/")
+        if part.startswith("/") or ".." in pieces or "\\" in part:
+            raise StorageError(f"refusing unsafe path component {part!r} under {base}")
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])

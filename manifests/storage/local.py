@@ -1,0 +1,83 @@
+"""Local folders (plain paths or `file://` URIs): the embedded default."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+from manifests.errors import NotFound, StorageError
+from manifests.storage import ObjectInfo
+
+# Temp files start with this so listings (and resume) never mistake them for objects.
+TEMP_PREFIX = ".tmp-"
+
+
+def to_path(uri: str) -> Path:
+    parts = urlsplit(uri)
+    return Path(parts.path) if parts.scheme == "file" else Path(uri)
+
+
+class LocalStorage:
+    def put_file(self, src: Path, uri: str) -> None:
+        with open(src, "rb") as f:
+            self._atomic_write(uri, lambda out: shutil.copyfileobj(f, out, 1 << 20))
+
+    def put_bytes(self, data: bytes, uri: str) -> None:
+        self._atomic_write(uri, lambda out: out.write(data))
+
+    def _atomic_write(self, uri: str, fill) -> None:
+        # temp file in the same folder + fsync + rename: the name appears only when complete.
+        dest = to_path(uri)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
+        except OSError as e:
+            raise StorageError(f"{uri}: cannot write there ({e.strerror or e})") from None
+        try:
+            with os.fdopen(fd, "wb") as out:
+                fill(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, uri: str) -> bytes:
+        with self.open_read(uri) as f:
+            return f.read()
+
+    def get_range(self, uri: str, offset: int, size: int) -> bytes:
+        with self.open_read(uri) as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def open_read(self, uri: str) -> BinaryIO:
+        try:
+            return open(to_path(uri), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"{uri}: no such file") from None
+        except OSError as e:
+            raise StorageError(f"{uri}: {e.strerror}") from None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        root = to_path(prefix)
+        if not root.is_dir():
+            return
+        found = []
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                if not name.startswith(TEMP_PREFIX):
+                    path = Path(folder, name)
+                    found.append((path, path.stat().st_size))
+        base = prefix.rstrip("/")
+        for path, size in sorted(found):
+            yield ObjectInfo(uri=f"{base}/{path.relative_to(root).as_posix()}", size=size)
+
+    def exists(self, uri: str) -> bool:
+        return to_path(uri).is_file()

@@ -1,0 +1,190 @@
+"""S3 (and S3-compatible stores) through boto3.
+
+The endpoint and credentials come from boto3's standard chain: `AWS_ENDPOINT_URL`
+(or `AWS_ENDPOINT_URL_S3`), environment keys, profiles, instance roles. Nothing here
+reads, logs or stores a credential.
+
+Writes never leave a partial object behind (docs/METHODS.md §8): small files go up in
+one PUT, which S3 applies atomically; large ones go up as a multipart upload that is
+completed only after every part is in, and explicitly aborted on any failure.
+Throttling, 5xx and connection errors are retried a bounded number of times with
+exponential backoff and jitter by botocore's "standard" retry mode, per request, so
+a retried part does not restart the whole upload.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from manifests.errors import NotFound, StorageError
+from manifests.storage import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+# S3 refuses parts under 5 MiB (all but the last); 64 MiB keeps a 1 GB shard at 16 parts.
+MIN_PART_SIZE = 5 * MIB
+DEFAULT_PART_SIZE = 64 * MIB
+DEFAULT_MAX_ATTEMPTS = 5
+
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise StorageError(f"{uri}: not an s3://bucket/key URI")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+class S3Storage:
+    def __init__(
+        self,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_attempts: int | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise StorageError(f"S3 part size must be at least {MIN_PART_SIZE} bytes, got {part_size}")
+        self.part_size = part_size
+        if max_attempts is None:  # boto's own variable, honoured as the AWS CLI does
+            max_attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
+        config = Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        # A private session: boto3's default session is not thread-safe, clients are.
+        self.client = boto3.session.Session().client("s3", config=config)
+
+    @contextmanager
+    def _errors(self, uri: str):
+        """Turn botocore's exceptions into one-line `StorageError`s naming the URI."""
+        try:
+            yield
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            if code == "NoSuchBucket":
+                raise NotFound(f"{uri}: bucket {split_uri(uri)[0]!r} does not exist") from None
+            if code in _MISSING_CODES:
+                raise NotFound(f"{uri}: no such object") from None
+            raise StorageError(f"{uri}: S3 said {code}: {err.get('Message', '')}".rstrip(": ")) from None
+        except NoCredentialsError:
+            raise StorageError(f"{uri}: no AWS credentials found (environment, profile or role)") from None
+        except (BotoConnectionError, HTTPClientError) as e:
+            # Connection refused, DNS, timeouts: only after botocore's retries ran out.
+            raise StorageError(f"{uri}: cannot reach S3 at {self.client.meta.endpoint_url}: {e}") from None
+        except BotoCoreError as e:
+            raise StorageError(f"{uri}: {e}") from None
+
+    def put_bytes(self, data: bytes, uri: str) -> None:
+        bucket, key = split_uri(uri)
+        with self._errors(uri):
+            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    def put_file(self, src: Path, uri: str) -> None:
+        size = Path(src).stat().st_size
+        if size <= self.part_size:
+            bucket, key = split_uri(uri)
+            with open(src, "rb") as f, self._errors(uri):
+                self.client.put_object(Bucket=bucket, Key=key, Body=f)
+        else:
+            self._multipart_upload(Path(src), uri)
+
+    def _multipart_upload(self, src: Path, uri: str) -> None:
+        bucket, key = split_uri(uri)
+        with self._errors(uri):
+            upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        try:
+            parts = []
+            with open(src, "rb") as f, self._errors(uri):
+                while chunk := f.read(self.part_size):
+                    number = len(parts) + 1
+                    etag = self.client.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                    )["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+                self.client.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            self._abort(bucket, key, upload_id)
+            raise
+
+    def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+        # Best effort: if this fails too, a bucket lifecycle rule on incomplete multipart
+        # uploads is the backstop (deploy/ documents it). The object never became visible.
+        try:
+            self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except (BotoCoreError, ClientError) as e:
+            log.warning("could not abort multipart upload of s3://%s/%s: %s", bucket, key, e)
+
+    def get_bytes(self, uri: str) -> bytes:
+        bucket, key = split_uri(uri)
+        with self._errors(uri):
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def get_range(self, uri: str, offset: int, size: int) -> bytes:
+        bucket, key = split_uri(uri)
+        with self._errors(uri):
+            byte_range = f"bytes={offset}-{offset + size - 1}"
+            return self.client.get_object(Bucket=bucket, Key=key, Range=byte_range)["Body"].read()
+
+    def open_read(self, uri: str) -> BinaryIO:
+        bucket, key = split_uri(uri)
+        with self._errors(uri):
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        return io.BufferedReader(_Body(body, self, uri), buffer_size=1 << 20)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        bucket, key = split_uri(prefix)
+        folder = key.rstrip("/") + "/" if key else ""
+        with self._errors(prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(uri=f"s3://{bucket}/{obj['Key']}", size=obj["Size"])
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = split_uri(uri)
+        try:
+            with self._errors(uri):
+                self.client.head_object(Bucket=bucket, Key=key)
+        except NotFound:
+            return False
+        return True
+
+
+class _Body(io.RawIOBase):
+    """A GET body whose mid-stream failures surface as `StorageError`s too."""
+
+    def __init__(self, body, storage: S3Storage, uri: str) -> None:
+        self._body, self._storage, self._uri = body, storage, uri
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with self._storage._errors(self._uri):
+            data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
