@@ -9,7 +9,8 @@ One run of world-rendered RGB–IR pairs (128×64 JPEGs) is written locally and,
 source is read for one epoch through a `DataLoader` with the same decoder
 (`manifests.streaming.decode_rgb`) and the same number of workers: `ReidStream` for the
 shards (one forward pass per tar, persistent boto3 stream on S3), a map-style
-`Dataset` over the files for the folder. Sources are interleaved per repeat and the
+`Dataset` over the files for the folder; the local shards are read once more without
+the stream's per-member sha256 check, to show its cost. Sources are interleaved per repeat and the
 best repeat is reported (the least disturbed by other load). The last line printed is
 one JSON object.
 """
@@ -51,9 +52,9 @@ def export_folder(run_uri: str, folder: Path) -> int:
     """Every image of the run as its own file (range reads at the manifest's offsets)."""
     folder.mkdir(parents=True)
     storage = storage_for(run_uri)
-    table = Run(run_uri).table().select(["shard_uri", "key", "member", "offset", "nbytes"]).to_pylist()
+    table = Run(run_uri).table().select(["shard_uri", "key", "member", "offset", "size"]).to_pylist()
     for row in table:
-        data = storage.get_range(row["shard_uri"], row["offset"], row["nbytes"])
+        data = storage.get_range(row["shard_uri"], row["offset"], row["size"])
         (folder / f"{row['key']}.{row['member']}").write_bytes(data)
     return len(table)
 
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         images = export_folder(local, Path(tmp) / "folder")
         sources["folder (Dataset)"] = FolderImages(Path(tmp) / "folder")
         sources["shards, local (ReidStream)"] = ReidStream([local])
+        sources["shards, local, no sha256"] = ReidStream([local], check_sha256=False)  # what the check costs
         if args.s3:
             s3_run = f"{stack.enter_context(s3_bucket())}/run"
             write_demo_run(s3_run, shards=shards, identities_per_shard=args.identities_per_shard,

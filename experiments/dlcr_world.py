@@ -106,7 +106,8 @@ def run_inpaint(spec: dict) -> dict:
     from factory import api
     from factory.dlcr.spec import InpaintSpec
 
-    return api.run(InpaintSpec.model_validate(spec), resume=True, use_ray=False)
+    started = Path(spec["output"], "run.json").is_file()
+    return api.run(InpaintSpec.model_validate(spec), resume=started, use_ray=False)
 
 
 # ---- stage 2: training and evaluation -----------------------------------------------------------------

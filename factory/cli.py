@@ -96,15 +96,25 @@ def _method_command(command: str, example: str, report: Callable[[str, dict], No
         out: str = typer.Option(None, "--out", help="Run URI, overriding the spec's output."),
         resume: bool = typer.Option(False, "--resume", help="Continue a run: make only its uncommitted shards."),
         force: bool = typer.Option(False, "--force", help="With --resume: accept a spec that differs from the run's."),
+        repair: bool = typer.Option(
+            False, "--repair", help="With --resume: verify the run first and make again every shard that fails."
+        ),
         address: str = typer.Option(
             None,
             "--address",
             help="Ray cluster address. Default: RAY_ADDRESS, else a cluster `ray start` left running here, "
             "else a new local Ray; 'local' always starts a new one.",
         ),
+        connect_timeout: float = typer.Option(
+            30.0, "--connect-timeout", min=0.1, help="Seconds to wait for the cluster at --address to answer."
+        ),
         local: bool = typer.Option(False, "--local", help="Run in this process without Ray (one actor per group)."),
     ) -> None:
-        report(*_run_method(command, spec, out, resume, force, address, local))
+        output, summary = _run_method(command, spec, out, resume, force, repair, address, connect_timeout, local)
+        if summary.get("nothing_to_do"):
+            print(f"{output}: nothing to do: all {summary['shards']} shards were already committed")
+        else:
+            report(output, summary)
 
     return run_command
 
@@ -151,7 +161,15 @@ app.command(
 
 
 def _run_method(
-    command: str, spec_path: Path, out: str | None, resume: bool, force: bool, address: str | None, local: bool
+    command: str,
+    spec_path: Path,
+    out: str | None,
+    resume: bool,
+    force: bool,
+    repair: bool,
+    address: str | None,
+    connect_timeout: float,
+    local: bool,
 ) -> tuple[str, dict]:
     """Validate the spec, run its method with a progress bar; (the run's URI, its _SUCCESS summary)."""
     from factory.methods import spec_class
@@ -161,17 +179,37 @@ def _run_method(
     _quiet_model_libraries()
     from factory.api import run
 
-    with _progress(images=True) as progress:
-        task = progress.add_task(f"{command} {spec.run_id}", total=None)
-        summary = run(
-            spec,
-            resume=resume,
-            force=force,
-            use_ray=not local,
-            address=address,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
+    try:
+        with _progress(images=True) as progress:
+            task = progress.add_task(f"{command} {spec.run_id}", total=None)
+            summary = run(
+                spec,
+                resume=resume,
+                force=force,
+                repair=repair,
+                use_ray=not local,
+                address=address,
+                connect_timeout_s=connect_timeout,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except KeyboardInterrupt:
+        err.print(_interrupted(command, spec_path, out, spec.output), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     return spec.output, summary
+
+
+def _interrupted(command: str, spec_path: Path, out: str | None, output: str) -> str:
+    """What an interrupted run kept, and the command that finishes it."""
+    from manifests.errors import RunNotFound
+    from manifests.reader import Run
+
+    try:
+        run = Run(output)
+        committed, total = len(run.listing().committed), run.info.total_shards
+    except RunNotFound:
+        return f"interrupted before the run started; nothing to resume in {output}"
+    again = f"factory {command} {spec_path}{f' --out {out}' if out else ''} --resume"
+    return f"interrupted; {committed} of {total} shards committed; resume with: {again}"
 
 
 def _rate(summary: dict) -> str:
@@ -309,8 +347,11 @@ def preview(
     """Draw a contact sheet of a run's pairs (or variants) to look at."""
     from factory.preview import preview as draw_preview
 
-    count = draw_preview(run, out, identities=identities, samples_per_identity=samples)
-    print(f"{out}: {count} images")
+    sheet = draw_preview(run, out, identities=identities, samples_per_identity=samples)
+    for damaged in sheet.damaged:
+        err.print(f"skipped {damaged}", markup=False, highlight=False, soft_wrap=True)
+    note = f" ({len(sheet.damaged)} damaged, drawn dark; `factory verify` checks the whole run)" if sheet.damaged else ""
+    print(f"{out}: {sheet.images} images{note}")
 
 
 @app.command()
@@ -320,6 +361,9 @@ def verify(
         False, "--allow-incomplete", help="Pass a run that still has uncommitted shards (e.g. while it runs)."
     ),
     workers: int = typer.Option(8, min=1, help="Shards checked concurrently."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail on warnings too: stray files, dead writers' leftovers, no _SUCCESS.json."
+    ),
 ) -> None:
     """Re-read every committed shard and check it against the manifest.
 
@@ -337,6 +381,8 @@ def verify(
 
     for problem in report.problems:
         err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     planned = f" of {report.total_shards}" if report.total_shards is not None else ""
     out.print(
         f"{report.run_uri}: {len(report.committed)}{planned} shards committed, "
@@ -355,8 +401,11 @@ def verify(
         )
     if report.orphan_tars:
         err.print(f"orphan tars (no fragment, resume overwrites them): {len(report.orphan_tars)}", markup=False)
-    if not report.ok(allow_incomplete):
-        err.print(f"FAILED: {len(report.problems)} problems, {len(report.not_committed)} shards not committed")
+    if not report.ok(allow_incomplete, strict):
+        counted = f", {len(report.warnings)} warnings (--strict)" if strict else ""
+        err.print(f"FAILED: {len(report.problems)} problems, {len(report.not_committed)} shards not committed{counted}")
+        if report.problems:
+            err.print("make the failed shards again: factory generate|inpaint SPEC --resume --repair", markup=False)
         raise typer.Exit(1)
     out.print("OK")
 

@@ -3,13 +3,16 @@
 One row per identity, its samples side by side: RGB beside IR for paired runs; for
 clothes-changing (inpaint) runs, a source image beside its variants, the original read
 from the dataset the run's spec names (a grey cell if it is not reachable from here).
-Images are fetched by range reads at the manifest's offsets, so no tar is read whole.
+Images are fetched by range reads at the manifest's offsets, so no tar is read whole;
+each is checked against its sha256, and a damaged one is drawn as a dark cell and named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,16 +25,23 @@ CELL = (64, 128)  # every image is shown at this size (width, height)
 LABEL = 12
 
 
-def preview(run_uri: str, out: Path, *, identities: int = 8, samples_per_identity: int = 4) -> int:
-    """Draw the sheet into `out` (PNG); returns the number of images on it."""
+@dataclass
+class Sheet:
+    images: int = 0
+    damaged: list[str] = field(default_factory=list)  # "shard key (member): why", one per damaged image
+
+
+def preview(run_uri: str, out: Path, *, identities: int = 8, samples_per_identity: int = 4) -> Sheet:
+    """Draw the sheet into `out` (PNG): how many images it shows, and which ones were damaged."""
     run = Run(run_uri)
     table = run.table()
     chosen = sorted(set(table.column("identity").to_pylist()))[:identities]
     rows = table.filter(pc.is_in(table["identity"], value_set=pa.array(chosen, pa.int64())))
+    result = Sheet()
     if pc.any(pc.is_valid(rows["parent"])).as_py():
-        cells = _variant_rows(run, rows, samples_per_identity)
+        cells = _variant_rows(run, rows, samples_per_identity, result)
     else:
-        cells = _pair_rows(run, rows, samples_per_identity)
+        cells = _pair_rows(run, rows, samples_per_identity, result)
     columns = max((len(v) for v in cells.values()), default=0)
     sheet = Image.new("RGB", (columns * CELL[0], len(cells) * (CELL[1] + LABEL)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -42,18 +52,28 @@ def preview(run_uri: str, out: Path, *, identities: int = 8, samples_per_identit
             draw.text((x + 2, y), label[:11], fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, format="PNG")
-    return sum(len(v) for v in cells.values())
+    result.images = sum(len(v) for v in cells.values()) - len(result.damaged)
+    return result
 
 
 Cells = dict[int, list[tuple[Image.Image, str]]]
 
 
-def _member(run: Run, row: dict) -> Image.Image:
-    with Image.open(io.BytesIO(run.storage.get_range(row["shard_uri"], row["offset"], row["nbytes"]))) as image:
-        return image.convert("RGB")
+def _member(run: Run, row: dict, result: Sheet) -> Image.Image:
+    """The image a manifest row names, or a dark cell (recorded in `result`) if its bytes are damaged."""
+    data = run.storage.get_range(row["shard_uri"], row["offset"], row["size"])
+    why = "its bytes do not match the manifest's sha256" if hashlib.sha256(data).hexdigest() != row["sha256"] else None
+    if why is None:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:
+            why = f"it does not decode ({e})"
+    result.damaged.append(f"shard {row['shard']:06d} key {row['key']} ({row['member']}): {why}")
+    return Image.new("RGB", CELL, (60, 0, 0))
 
 
-def _pair_rows(run: Run, rows: pa.Table, samples: int) -> Cells:
+def _pair_rows(run: Run, rows: pa.Table, samples: int, result: Sheet) -> Cells:
     rows = rows.sort_by([("key", "ascending"), ("modality", "descending")])  # RGB before IR
     by_identity: dict[int, list[dict]] = defaultdict(list)
     for row in rows.to_pylist():
@@ -61,12 +81,12 @@ def _pair_rows(run: Run, rows: pa.Table, samples: int) -> Cells:
         if len(keys) < samples or row["key"] in keys:
             by_identity[row["identity"]].append(row)
     return {
-        identity: [(_member(run, row), f"{identity} {row['modality']} {row['camera']}") for row in chosen]
+        identity: [(_member(run, row, result), f"{identity} {row['modality']} {row['camera']}") for row in chosen]
         for identity, chosen in by_identity.items()
     }
 
 
-def _variant_rows(run: Run, rows: pa.Table, samples: int) -> Cells:
+def _variant_rows(run: Run, rows: pa.Table, samples: int, result: Sheet) -> Cells:
     """Per identity: its first source image, then up to `samples` of that image's variants."""
     root = _source_root(run.info.spec)
     by_identity: dict[int, list[dict]] = defaultdict(list)
@@ -76,7 +96,7 @@ def _variant_rows(run: Run, rows: pa.Table, samples: int) -> Cells:
             chosen.append(row)
     return {
         identity: [(_original(root, chosen[0]["parent"]), f"{identity} source")]
-        + [(_member(run, row), row["clothes"] or "") for row in chosen]
+        + [(_member(run, row, result), row["clothes"] or "") for row in chosen]
         for identity, chosen in by_identity.items()
     }
 

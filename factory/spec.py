@@ -33,14 +33,21 @@ SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
 def load_spec(path: str | Path, model: type[SpecT], **overrides: Any) -> SpecT:
-    """Read and validate a YAML spec; `overrides` (e.g. output from --out) replace top-level fields."""
+    """Read and validate a YAML spec; `overrides` (e.g. output from --out) replace top-level fields.
+
+    Errors are one line naming the file, the line and the key: `demo.yaml:31: sampler.steps: ...`.
+    """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
+        text = path.read_text()
+        raw = yaml.safe_load(text) or {}
+    except (FileNotFoundError, IsADirectoryError):
         raise FactoryError(f"{path}: no such spec file") from None
     except yaml.YAMLError as e:
-        raise FactoryError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise FactoryError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise FactoryError(f"{path}: a spec is a mapping of fields, not {type(raw).__name__}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -48,6 +55,24 @@ def load_spec(path: str | Path, model: type[SpecT], **overrides: Any) -> SpecT:
         return model.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        key = ".".join(str(p) for p in first["loc"]) or "spec"
+        line = _line_of(text, first["loc"])
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise FactoryError(f"{path}: {where}: {first['msg']}{more}") from None
+        raise FactoryError(f"{path}{f':{line}' if line else ''}: {key}: {first['msg']}{more}") from None
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """The line of the deepest YAML node on the path `loc` (a missing key: its parent's line)."""
+    node = yaml.compose(text)
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line

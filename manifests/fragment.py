@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.errors import ManifestError, SchemaVersionError
-from manifests.schema import SCHEMA, SCHEMA_VERSION
+from manifests.schema import READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION
 
 VERSION_KEY = b"manifests.schema_version"
 SHARD_KEY = b"manifests.shard"
@@ -56,8 +56,8 @@ class Fragment:
 
     def expected_members(self) -> dict[str, MemberIndex]:
         """Every member the shard's tar must hold, by name."""
-        rows = self.table.select(["member", "offset", "nbytes", "sha256"]).to_pylist()
-        expected = {r["member"]: MemberIndex(r["member"], r["offset"], r["nbytes"], r["sha256"]) for r in rows}
+        rows = self.table.select(["member", "offset", "size", "sha256"]).to_pylist()
+        expected = {r["member"]: MemberIndex(r["member"], r["offset"], r["size"], r["sha256"]) for r in rows}
         expected.update((m.name, m) for m in self.info.other_members)
         return expected
 
@@ -81,9 +81,19 @@ def decode_fragment(data: bytes, where: str) -> Fragment:
     if VERSION_KEY not in meta:
         raise ManifestError(f"{where}: not a manifest fragment (no {VERSION_KEY.decode()} metadata)")
     version = meta[VERSION_KEY].decode()
-    if version != str(SCHEMA_VERSION):
+    if version not in {str(v) for v in READABLE_VERSIONS}:
         raise SchemaVersionError(
-            f"{where}: manifest schema version {version}, but this manifests package reads "
-            f"version {SCHEMA_VERSION} (install the factory version that wrote the run)"
+            f"{where}: manifest schema version {version}, but this manifests package reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (install the factory version that wrote the run)"
         )
-    return Fragment(table=table.replace_schema_metadata(None), info=ShardInfo.from_json(meta[SHARD_KEY].decode()))
+    if SHARD_KEY not in meta:
+        raise ManifestError(f"{where}: no {SHARD_KEY.decode()} metadata (the shard's tar index)")
+    try:
+        info = ShardInfo.from_json(meta[SHARD_KEY].decode())
+    except (ValueError, TypeError, KeyError) as e:
+        raise ManifestError(f"{where}: unreadable {SHARD_KEY.decode()} metadata ({type(e).__name__}: {e})") from None
+    if version == "1":  # the member's byte count was `nbytes`; shard_uri is resolved by the reader either way
+        table = table.rename_columns(["size" if name == "nbytes" else name for name in table.column_names])
+    if missing := [f.name for f in SCHEMA if f.name not in table.column_names]:
+        raise ManifestError(f"{where}: columns missing: {', '.join(missing)}")
+    return Fragment(table=table.replace_schema_metadata(None), info=info)

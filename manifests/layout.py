@@ -7,6 +7,8 @@ RUN/manifest/000000.parquet  one fragment per shard: the commit marker
 RUN/_SUCCESS.json            written last
 ```
 Names are a pure function of the shard index, so a retried shard overwrites itself.
+Only those exact names count: `shards/old/000003.tar` or `shards/0000003.tar` is a stray
+file, reported by `verify` and never taken for shard 3.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import re
 
 from manifests.storage import join
 
-_SHARD = re.compile(r"(\d{6,})\.tar")
-_FRAGMENT = re.compile(r"(\d{6,})\.parquet")
+_DIGITS = re.compile(r"\d{6,}")
 
 
 class RunLayout:
@@ -28,18 +29,29 @@ class RunLayout:
         self.manifest_prefix = join(self.uri, "manifest")
 
     def shard_uri(self, shard: int) -> str:
-        return join(self.shards_prefix, f"{shard:06d}.tar")
+        return join(self.uri, self.relative_shard_uri(shard))
+
+    @staticmethod
+    def relative_shard_uri(shard: int) -> str:
+        """What the manifest stores: the tar's place within the run."""
+        return f"shards/{shard:06d}.tar"
 
     def fragment_uri(self, shard: int) -> str:
         return join(self.manifest_prefix, f"{shard:06d}.parquet")
 
-    @staticmethod
-    def shard_index(uri: str) -> int | None:
-        """The index of a shard tar URI, or None for anything else in the folder."""
-        match = _SHARD.fullmatch(uri.rsplit("/", 1)[-1])
-        return int(match[1]) if match else None
+    def shard_index(self, uri: str) -> int | None:
+        """The index of the shard tar at `uri`, or None for anything that is not exactly one."""
+        return _index(uri, self.shards_prefix, ".tar")
 
-    @staticmethod
-    def fragment_index(uri: str) -> int | None:
-        match = _FRAGMENT.fullmatch(uri.rsplit("/", 1)[-1])
-        return int(match[1]) if match else None
+    def fragment_index(self, uri: str) -> int | None:
+        """The index of the fragment at `uri`, or None for anything that is not exactly one."""
+        return _index(uri, self.manifest_prefix, ".parquet")
+
+
+def _index(uri: str, prefix: str, suffix: str) -> int | None:
+    name = uri.removeprefix(prefix + "/") if uri.startswith(prefix + "/") else ""
+    digits = name.removesuffix(suffix)
+    if not (name.endswith(suffix) and _DIGITS.fullmatch(digits)):
+        return None
+    index = int(digits)
+    return index if digits == f"{index:06d}" else None  # the name the writer gives index, and no other

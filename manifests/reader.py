@@ -30,6 +30,7 @@ class RunListing:
 
     fragments: frozenset[int]
     tars: frozenset[int]
+    strays: tuple[str, ...] = ()  # anything else under shards/ or manifest/: never taken for a shard
 
     @property
     def committed(self) -> list[int]:
@@ -57,20 +58,37 @@ class Run:
         self.info: RunInfo = read_run_info(self.uri, self.storage)
 
     def listing(self) -> RunListing:
-        fragments = (RunLayout.fragment_index(o.uri) for o in self.storage.list(self.layout.manifest_prefix))
-        tars = (RunLayout.shard_index(o.uri) for o in self.storage.list(self.layout.shards_prefix))
-        return RunListing(
-            fragments=frozenset(i for i in fragments if i is not None),
-            tars=frozenset(i for i in tars if i is not None),
-        )
+        fragments, tars, strays = set(), set(), []
+        for found, prefix, index_of in (
+            (fragments, self.layout.manifest_prefix, self.layout.fragment_index),
+            (tars, self.layout.shards_prefix, self.layout.shard_index),
+        ):
+            for obj in self.storage.list(prefix):
+                index = index_of(obj.uri)
+                if index is None:
+                    strays.append(obj.uri)
+                else:
+                    found.add(index)
+        return RunListing(frozenset(fragments), frozenset(tars), tuple(strays))
 
-    def shard_uris(self) -> list[str]:
-        """URLs of the committed shards, in order: what a WebDataset pipeline reads."""
-        return [self.layout.shard_uri(i) for i in self.listing().committed]
+    def shard_uris(self, *, for_webdataset: bool = False) -> list[str]:
+        """URIs of the committed shards, in order.
+
+        `for_webdataset`: URLs plain `webdataset.WebDataset` opens as they are: local paths,
+        and for S3 `pipe:` commands that stream the object through this package (same
+        endpoint and credentials); `manifests.webdataset_s3` is the in-process alternative.
+        """
+        uris = [self.layout.shard_uri(i) for i in self.listing().committed]
+        return [self.storage.webdataset_url(uri) for uri in uris] if for_webdataset else uris
 
     def fragment(self, shard: int) -> Fragment:
+        """Shard `shard`'s fragment, its `shard_uri` resolved against this run (wherever it was written)."""
         uri = self.layout.fragment_uri(shard)
-        return decode_fragment(self.storage.get_bytes(uri), where=uri)
+        fragment = decode_fragment(self.storage.get_bytes(uri), where=uri)
+        table = fragment.table
+        here = pa.array([self.layout.shard_uri(shard)] * table.num_rows, pa.string())
+        table = table.set_column(table.schema.get_field_index("shard_uri"), SCHEMA.field("shard_uri"), here)
+        return Fragment(table=table, info=fragment.info)
 
     def fragments(self, shards: Iterable[int] | None = None) -> Iterator[Fragment]:
         """Fragments in shard order (default: every committed shard), fetched concurrently."""

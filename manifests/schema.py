@@ -1,7 +1,9 @@
 """The manifest schema: one row per image (ARCHITECTURE.md, "A run").
 
 Bump `SCHEMA_VERSION` on any change to `SCHEMA`; readers refuse versions they do not
-know rather than guess.
+know rather than guess. Version 2 stores `shard_uri` relative to the run (a copied or
+moved run reads its own shards; `Run` resolves it) and names the member's byte count
+`size` (pandas' `DataFrame.nbytes` hid the old `nbytes`); version 1 runs are still read.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 MODALITIES = ("rgb", "ir")
 ORIGINS = ("synthetic", "real")
@@ -21,6 +24,7 @@ SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("shard", pa.int32(), nullable=False),
+        # Stored relative to the run ("shards/000003.tar"); `Run` hands it out resolved.
         pa.field("shard_uri", pa.string(), nullable=False),
         pa.field("key", pa.string(), nullable=False),
         pa.field("member", pa.string(), nullable=False),
@@ -37,10 +41,10 @@ SCHEMA = pa.schema(
         pa.field("model", pa.string()),
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
-        pa.field("nbytes", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),
         # Byte offset of the member's data in the tar: a range read of
-        # [offset, offset + nbytes) returns exactly the image.
+        # [offset, offset + size) returns exactly the image.
         pa.field("offset", pa.int64(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -64,6 +66,32 @@ class _HashingFile:
         self._file.close()
 
 
+# A shard's tar is built locally under this prefix and the writer's process id, so a later
+# writer can tell the folders of a killed process from those of a live one.
+TEMP_PREFIX = "reid-factory-shard-"
+
+
+def sweep_stale_temp(workdir: str | Path | None = None) -> int:
+    """Remove shard temp folders left by writer processes that no longer exist; how many."""
+    removed = 0
+    for folder in Path(workdir or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = folder.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class ShardWriter:
     def __init__(
         self,
@@ -78,7 +106,7 @@ class ShardWriter:
         self.shard = shard
         self.run_id = run_id
         self.storage = storage or storage_for(run_uri)
-        self._tmpdir = tempfile.TemporaryDirectory(prefix=f"shard-{shard:06d}-", dir=workdir)
+        self._tmpdir = tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-{shard:06d}-", dir=workdir)
         self._path = Path(self._tmpdir.name) / f"{shard:06d}.tar"
         self._out = _HashingFile(self._path)
         self._tar = tarfile.TarFile(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
@@ -145,11 +173,11 @@ class ShardWriter:
         row.update(
             run_id=self.run_id,
             shard=self.shard,
-            shard_uri=self.layout.shard_uri(self.shard),
+            shard_uri=self.layout.relative_shard_uri(self.shard),
             key=key,
             member=name,
             identity=identity,
-            nbytes=index.nbytes,
+            size=index.nbytes,
             sha256=index.sha256,
             offset=index.offset,
         )

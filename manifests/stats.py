@@ -30,7 +30,7 @@ def run_stats(run_uri: str, storage: Storage | None = None) -> dict[str, Any]:
         },
         "samples": len(pc.unique(table.column("key"))),
         "images": table.num_rows,
-        "image_bytes": pc.sum(table.column("nbytes")).as_py() or 0,
+        "image_bytes": pc.sum(table.column("size")).as_py() or 0,
         "identities": len(pc.unique(table.column("identity"))),
         "outfits": len(pc.unique(pc.drop_null(table.column("clothes")))),
         "by_modality": _counts(table, "modality"),

@@ -47,6 +47,13 @@ Order inside a slot
     at most that slot's share of one shard) and emitted in permutation order, so
     even a single-shard run is shuffled per epoch.
 
+Damaged bytes
+    Every member is checked against its sha256 in the manifest before it is decoded. A
+    member that fails (or does not decode) is skipped with one warning naming its shard,
+    key and member, and counted in the stream's `skipped` (per worker process); with
+    `strict=True` it raises `ManifestError` instead. `check_sha256=False` skips the
+    check (BENCHMARKS.md measures its cost).
+
 Epochs
     `set_epoch` is read when iteration starts. DataLoader workers are forked per
     epoch by default, so they see it; with `persistent_workers=True` they would not.
@@ -54,7 +61,9 @@ Epochs
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import os
 import random
 import tarfile
@@ -71,8 +80,10 @@ from manifests.errors import ManifestError
 from manifests.reader import Run
 from manifests.storage import Storage, scheme_of, storage_for
 
-# The manifest columns a streamed item carries; the rest stay in the manifest.
-_ROW_COLUMNS = ("shard_uri", "key", "member", "identity", "modality", "camera", "origin", "clothes")
+log = logging.getLogger(__name__)
+
+# The manifest columns a streamed item carries (and the sha256 it is checked against).
+_ROW_COLUMNS = ("shard_uri", "key", "member", "identity", "modality", "camera", "origin", "clothes", "sha256")
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class ImageRow:
     camera: str
     origin: str
     clothes: str | None
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,7 @@ def _group_samples(table: pa.Table) -> list[Sample]:
     grouped: dict[tuple[str, str], list[ImageRow]] = {}
     for row in table.to_pylist():
         image = ImageRow(row["member"], row["identity"], row["modality"], row["camera"],
-                         row["origin"], row["clothes"])
+                         row["origin"], row["clothes"], row["sha256"])
         grouped.setdefault((row["shard_uri"], row["key"]), []).append(image)
     return [Sample(shard, key, tuple(rows)) for (shard, key), rows in grouped.items()]
 
@@ -235,6 +247,8 @@ class ReidStream(IterableDataset):
         camera_offset: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        check_sha256: bool = True,
+        strict: bool = False,
     ) -> None:
         if isinstance(runs, str):
             runs = [runs]
@@ -245,6 +259,8 @@ class ReidStream(IterableDataset):
         self.identity_offset = identity_offset
         self.camera_offset = camera_offset
         self.rank, self.world_size = rank, world_size
+        self.check_sha256, self.strict = check_sha256, strict
+        self.skipped = 0  # damaged members skipped by this process
         self.epoch = 0
         # Plain data only: the stream is pickled into DataLoader workers, which open
         # their own storage clients (a boto3 client must not cross a fork).
@@ -274,11 +290,20 @@ class ReidStream(IterableDataset):
             data = read_members(storage, shard_uri, wanted)
             for sample in samples:
                 for row in sample.rows:
-                    yield self._item(sample, row, data[row.member])
+                    item = self._item(sample, row, data[row.member])
+                    if item is not None:
+                        yield item
 
-    def _item(self, sample: Sample, row: ImageRow, data: bytes) -> dict[str, Any]:
+    def _item(self, sample: Sample, row: ImageRow, data: bytes) -> dict[str, Any] | None:
+        """The yielded item, or None for a damaged member (skipped, or raised with `strict`)."""
+        if self.check_sha256 and hashlib.sha256(data).hexdigest() != row.sha256:
+            return self._damaged(sample, row, "its bytes do not match the manifest's sha256")
+        try:
+            image = self.decode(data)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means this member cannot be used
+            return self._damaged(sample, row, f"it does not decode ({type(e).__name__}: {e})")
         return {
-            "image": self.decode(data),
+            "image": image,
             "identity": row.identity + self.identity_offset,
             "camera": row.camera,
             "camera_id": self.camera_ids[row.camera],
@@ -289,6 +314,14 @@ class ReidStream(IterableDataset):
             "clothes": row.clothes,
             "shard_uri": sample.shard_uri,
         }
+
+    def _damaged(self, sample: Sample, row: ImageRow, why: str) -> None:
+        message = f"{sample.shard_uri}: key {sample.key} ({row.member}): {why}"
+        if self.strict:
+            raise ManifestError(message)
+        self.skipped += 1
+        log.warning("skipped %s", message)
+        return None
 
 
 def pk_batches(

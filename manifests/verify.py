@@ -3,7 +3,9 @@
 Per shard: each member's offset, size and sha256, the member and sample counts, the
 whole tar's size and sha256. Per run: shards not committed, orphan tars (a tar with
 no fragment) and fragments whose tar is missing. Every problem names its shard and,
-where it can, the sample key and member.
+where it can, the sample key and member. Warnings (errors with `strict`): stray files
+under shards/ or manifest/ that are not exactly a shard's name, what dead writers left
+(temp files, unfinished multipart uploads), and a complete run without _SUCCESS.json.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import BinaryIO
 from manifests.errors import ManifestError
 from manifests.keys import split_member
 from manifests.reader import Run
+from manifests.run_info import read_success
 from manifests.storage import Storage
 
 DEFAULT_WORKERS = 8
@@ -44,11 +47,17 @@ class VerifyReport:
     not_committed: list[int]
     orphan_tars: list[int]
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     members_checked: int = 0
     bytes_checked: int = 0
 
-    def ok(self, allow_incomplete: bool = False) -> bool:
-        return not self.problems and (allow_incomplete or not self.not_committed)
+    def ok(self, allow_incomplete: bool = False, strict: bool = False) -> bool:
+        complete = allow_incomplete or not self.not_committed
+        return not self.problems and complete and not (strict and self.warnings)
+
+    def failed_shards(self) -> list[int]:
+        """Committed shards with a problem: what a repair makes again."""
+        return sorted({p.shard for p in self.problems})
 
 
 class _HashingReader:
@@ -147,6 +156,10 @@ def verify_run(
         orphan_tars=listing.orphan_tars,
     )
     report.problems += [Problem(i, "manifest fragment present but its tar is missing") for i in listing.missing_tars]
+    report.warnings += [f"stray file, not a shard of this run's layout: {uri}" for uri in listing.strays]
+    report.warnings += [f"left by a writer that died: {uri}" for uri in run.storage.leftovers(run.uri)]
+    if total is not None and not report.not_committed and read_success(run.uri, run.storage) is None:
+        report.warnings.append("every shard is committed but there is no _SUCCESS.json: resume the job to finish it")
     total_committed = len(listing.committed)
     with ThreadPoolExecutor(workers) as pool:
         for done, result in enumerate(pool.map(lambda i: _check_shard(run, i), listing.committed), 1):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from helpers import set_schema_version, tar_members
 from world_run import write_demo_run, write_demo_shard
@@ -20,8 +23,10 @@ from manifests import (
     SchemaVersionError,
     plan_resume,
     sample_key,
+    verify_run,
     write_run_info,
 )
+from manifests.fragment import VERSION_KEY
 from manifests.shard_writer import SampleImage, ShardWriter
 
 META = ImageMeta(modality="rgb", camera="cam1", origin="real", width=4, height=8)
@@ -84,7 +89,7 @@ def test_fragment_with_unknown_schema_version_is_refused(tmp_path):
     write_demo_run(run_uri, shards=1)
     path = RunLayout(run_uri).fragment_uri(0)
     set_schema_version(path, b"99")
-    with pytest.raises(SchemaVersionError, match="schema version 99.*reads version 1"):
+    with pytest.raises(SchemaVersionError, match="schema version 99.*reads versions 1, 2"):
         Run(run_uri).table()
 
 
@@ -96,7 +101,7 @@ def test_fragment_rows_have_the_schema_columns(tmp_path):
     # the data contract's minimum columns (ARCHITECTURE.md)
     required = (
         "run_id shard shard_uri key member identity source_identity modality camera origin clothes parent "
-        "seed prompt model width height nbytes sha256 offset created_at"
+        "seed prompt model width height size sha256 offset created_at"
     ).split()
     assert set(required) <= set(table.column_names)
 
@@ -108,3 +113,35 @@ def test_importing_manifests_loads_no_torch_diffusers_or_ray():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_a_version_1_fragment_is_still_read(tmp_path):
+    """Version 1 named the member's byte count `nbytes` and stored shard_uri as written (absolute)."""
+    run_uri = str(tmp_path / "run")
+    write_demo_run(run_uri, shards=1)
+    path = RunLayout(run_uri).fragment_uri(0)
+    table = pq.read_table(path)
+    old = table.rename_columns(["nbytes" if n == "size" else n for n in table.column_names])
+    elsewhere = pa.array(["/elsewhere/x.tar"] * len(old))
+    old = old.set_column(old.schema.get_field_index("shard_uri"), "shard_uri", elsewhere)
+    pq.write_table(old.replace_schema_metadata({**table.schema.metadata, VERSION_KEY: b"1"}), path)
+
+    again = Run(run_uri).table()
+    assert again.column("size").to_pylist() == table.column("size").to_pylist()
+    assert set(again.column("shard_uri").to_pylist()) == {RunLayout(run_uri).shard_uri(0)}
+    assert verify_run(run_uri).ok()
+
+
+def test_a_copied_run_reads_its_own_shards_once_the_original_is_gone(tmp_path):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    write_demo_run(str(original), shards=2)
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)
+    run = Run(str(copy))
+    assert set(run.table().column("shard_uri").to_pylist()) == {run.layout.shard_uri(0), run.layout.shard_uri(1)}
+    assert set(pq.read_table(run.layout.fragment_uri(0)).column("shard_uri").to_pylist()) == {"shards/000000.tar"}
+    assert verify_run(str(copy)).ok()
+    from manifests.streaming import ReidStream
+
+    items = list(ReidStream([str(copy)], rank=0, world_size=1))
+    assert len(items) == run.table().num_rows and all(i["shard_uri"].startswith(str(copy)) for i in items)

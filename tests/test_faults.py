@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import pyarrow.compute as pc
 import pytest
@@ -11,7 +14,7 @@ from world_run import write_demo_run
 
 from factory.errors import StorageError
 from manifests import ImageMeta, Run, RunInfo, RunLayout, plan_resume, sample_key, verify_run, write_run_info
-from manifests.shard_writer import SampleImage, ShardWriter
+from manifests.shard_writer import TEMP_PREFIX, SampleImage, ShardWriter, sweep_stale_temp
 from manifests.storage import storage_for
 from manifests.storage.s3 import MIB, S3Storage
 
@@ -67,7 +70,7 @@ def _member_row(run_uri: str, member_suffix: str) -> dict:
 def test_one_flipped_byte_in_an_image_names_shard_and_key(run_uri):
     write_demo_run(run_uri, shards=3)
     row = _member_row(run_uri, "id0000004_0001.ir.jpg")  # shard 2 holds identities 6..8; 4 is in shard 1
-    flip_byte(row["shard_uri"], row["offset"] + row["nbytes"] // 2)
+    flip_byte(row["shard_uri"], row["offset"] + row["size"] // 2)
 
     result = run_cli("verify", run_uri)
 
@@ -106,3 +109,36 @@ def test_orphan_tars_and_missing_tars_are_reported(tmp_path):
     assert report.not_committed == [0]
     assert [str(p) for p in report.problems] == ["shard 000002: manifest fragment present but its tar is missing"]
     assert plan_resume(run_uri, 3, Run(run_uri).info.spec_fingerprint).todo == [0, 2]
+
+
+def test_a_killed_writers_temp_folder_is_swept_by_the_next_run(tmp_path, monkeypatch):
+    """SIGKILL while a shard tar is being built leaves its folder; the next run on this machine removes it."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal\n"
+        "from manifests import ImageMeta, sample_key\n"
+        "from manifests.shard_writer import SampleImage, ShardWriter\n"
+        "meta = ImageMeta(modality='rgb', camera='cam1', origin='real', width=1, height=1)\n"
+        f"writer = ShardWriter({str(tmp_path / 'run')!r}, 3, run_id='r', workdir={str(temp)!r})\n"
+        "writer.add(sample_key(1, 0), 1, [SampleImage('rgb.png', b'x', meta)])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )])
+    assert killed.returncode == -signal.SIGKILL
+    left = list(temp.glob(f"{TEMP_PREFIX}*"))
+    assert len(left) == 1 and any(left[0].iterdir())  # the half-built tar
+    with ShardWriter(str(tmp_path / "live"), 0, run_id="r", workdir=temp):  # a live writer's folder stays
+        assert sweep_stale_temp(temp) == 1
+        assert [p.name.split("-")[3] for p in temp.iterdir()] == [str(os.getpid())]
+
+
+def test_preview_draws_around_a_damaged_member_and_names_it(tmp_path):
+    run_uri = str(tmp_path / "run")
+    write_demo_run(run_uri, shards=1)
+    row = Run(run_uri).table().slice(0, 1).to_pylist()[0]
+    flip_byte(row["shard_uri"], row["offset"] + row["size"] // 2)
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("preview", run_uri, "--out", str(sheet))
+    assert result.returncode == 0 and "Traceback" not in result.stderr and sheet.is_file()
+    assert f"skipped shard 000000 key {row['key']} ({row['member']}): its bytes do not match" in result.stderr
+    assert "(1 damaged, drawn dark" in result.stdout

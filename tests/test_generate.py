@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from factory import api
 from factory.datasets import load_dataset
 from factory.dive.spec import GenerateSpec
 from factory.engine.pools import NAMESPACE
+from factory.errors import FactoryError
 from manifests import Run, RunLayout, verify_run
 
 IDENTITIES, PER_SHARD, IMAGES = 6, 2, 2  # 3 shards of 2 identities, 2 samples each
@@ -113,6 +115,40 @@ def test_same_spec_and_seed_twice_gives_the_same_images(reference_run, tmp_path)
     assert set(member_digests(other_seed).values()).isdisjoint(member_digests(reference_run).values())
 
 
+
+def test_a_run_resumes_on_another_number_of_actors_to_the_same_bytes(reference_run, tmp_path):
+    """Actor counts are scheduling: they are not in the spec fingerprint and change no byte."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    (out / "manifest" / "000001.parquet").unlink()  # shard 1 uncommitted, as if the driver had died
+    one_actor = {"rgb": {**SPEC["rgb"], "actors": 1}, "ir": {**SPEC["ir"], "actors": 1}}
+    summary = api.run(make_spec(str(out), **one_actor), resume=True, use_ray=False)
+    assert summary["shards_made"] == 1
+    assert tar_bytes(str(out)) == tar_bytes(reference_run)
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "spec.yaml", str(out), identities={**SPEC["identities"], "count": 16})  # 8 shards
+    driver = subprocess.Popen(
+        [str(Path(sys.executable).with_name("factory")), "generate", str(spec), "--local"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any((out / "manifest").glob("*.parquet")):
+        assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be interrupted"
+        assert time.monotonic() < deadline, "no shard committed in time"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    committed = len(Run(str(out)).listing().committed)
+    assert driver.returncode == 130 and 1 <= committed < 8
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted; {committed} of 8 shards committed; resume with: factory generate {spec} --resume"
+    )
+
 @pytest.mark.slow
 def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, tmp_path):
     out = str(tmp_path / "run")
@@ -170,6 +206,47 @@ def test_an_actor_killed_mid_run_loses_nothing(ray_session, reference_run, tmp_p
     assert tar_bytes(out) == tar_bytes(reference_run)
 
 
+
+def _kill_for_good_mid_run(ray_session, out: str, spec: GenerateSpec, victim: str) -> list[Exception]:
+    """Run `spec` in a thread; once shard 0 is committed, kill actor `victim` with no restart; the run's errors."""
+    failures = []
+
+    def run():
+        try:
+            api.run(spec)
+        except Exception as e:  # noqa: BLE001 - returned to the test
+            failures.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    fragment = Path(RunLayout(out).fragment_uri(0))
+    deadline = time.monotonic() + 240
+    while not fragment.exists():
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+    ray_session.kill(ray_session.get_actor(victim, namespace=NAMESPACE), no_restart=True)
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the driver hangs on a dead actor"
+    return failures
+
+
+@pytest.mark.slow
+def test_an_actor_dead_for_good_leaves_the_run_to_the_others(ray_session, reference_run, tmp_path):
+    out = str(tmp_path / "run")
+    assert _kill_for_good_mid_run(ray_session, out, make_spec(out, run_id="gone"), "generate-gone-ir-0") == []
+    assert verify_run(out).ok()
+    assert tar_bytes(out) == tar_bytes(reference_run)
+
+
+@pytest.mark.slow
+def test_when_every_actor_of_a_modality_is_dead_the_run_stops_with_one_line(ray_session, tmp_path):
+    out = str(tmp_path / "run")
+    alone = {**SPEC["ir"], "actors": 1}
+    failures = _kill_for_good_mid_run(ray_session, out, make_spec(out, run_id="lone", ir=alone), "generate-lone-ir-0")
+    assert [type(e) for e in failures] == [FactoryError]
+    assert str(failures[0]).startswith("every ir actor died and could not be restarted (generate-lone-ir-0)")
+    assert 1 <= len(Run(out).listing().committed) < 3 and verify_run(out).ok(allow_incomplete=True)
+
 @pytest.mark.slow
 def test_output_to_s3_end_to_end(ray_session, reference_run, bucket):
     out = f"s3://{bucket}/runs/test"
@@ -199,7 +276,7 @@ def test_real_rgb_paired_with_generated_ir(tmp_path):
     real = {r.path.read_bytes() for r in load_dataset(world)["train"]}
     run = Run(out)
     for row in rgb:  # the real image's own bytes, untouched
-        assert run.storage.get_range(row["shard_uri"], row["offset"], row["nbytes"]) in real
+        assert run.storage.get_range(row["shard_uri"], row["offset"], row["size"]) in real
     assert verify_run(out).ok()
 
 

@@ -35,7 +35,10 @@ def test_missing_model_path(tmp_path, cache):
 def test_unknown_scheduler(tmp_path, cache):
     out = tmp_path / "run"
     spec = write_spec(tmp_path / "s.yaml", str(out), sampler={"scheduler": "plms"})
-    _fails_before_any_image(run_cli("generate", str(spec), "--local"), out, "s.yaml: sampler.scheduler: Input should be")
+    # one line naming the file, the line and the key
+    result = run_cli("generate", str(spec), "--local")
+    line = next(n for n, text in enumerate(spec.read_text().splitlines(), 1) if "scheduler: plms" in text)
+    _fails_before_any_image(result, out, f"s.yaml:{line}: sampler.scheduler: Input should be")
 
 
 @pytest.mark.slow
@@ -102,3 +105,31 @@ def test_a_description_too_long_for_the_prompt(tmp_path, cache):
         "source": "dataset", "dataset": "world://market?identities=4&seed=0", "descriptions": str(words)})
     result = run_cli("generate", str(spec), "--local")
     assert result.returncode == 2 and "is too long: it is longer than the 77-token limit" in result.stderr
+
+
+def test_an_unreachable_cluster_is_one_line_and_writes_nothing(tmp_path, cache, closed_port):
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "s.yaml", str(out))
+    result = run_cli("generate", str(spec), "--address", f"127.0.0.1:{closed_port}", "--connect-timeout", "5")
+    expected = f"cannot reach the Ray cluster at 127.0.0.1:{closed_port} (connection refused)"
+    _fails_before_any_image(result, out, expected)
+    assert not out.exists()  # nothing written before the cluster answers
+
+
+def test_resume_where_there_is_no_run_is_refused(tmp_path, cache):
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "s.yaml", str(out))
+    result = run_cli("generate", str(spec), "--local", "--resume")
+    expected = f"{out}: no run to resume there (no run.json); leave out --resume to start one"
+    _fails_before_any_image(result, out, expected)
+    assert not out.exists()
+
+
+def test_an_unrelated_folder_is_never_written_into(tmp_path, cache):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"not ours")
+    spec = write_spec(tmp_path / "s.yaml", str(out))
+    result = run_cli("generate", str(spec), "--local")
+    _fails_before_any_image(result, out, f"{out} is not empty and holds no run (1 other files: holiday.jpg)")
+    assert [p.name for p in out.iterdir()] == ["holiday.jpg"]

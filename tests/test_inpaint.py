@@ -82,7 +82,7 @@ def variants(run_uri: str) -> list[tuple[dict, np.ndarray]]:
     run = Run(run_uri)
     out = []
     for row in run.table().to_pylist():
-        data = run.storage.get_range(row["shard_uri"], row["offset"], row["nbytes"])
+        data = run.storage.get_range(row["shard_uri"], row["offset"], row["size"])
         with Image.open(io.BytesIO(data)) as image:
             out.append((row, np.asarray(image.convert("RGB"))))
     return out

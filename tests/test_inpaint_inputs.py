@@ -249,5 +249,5 @@ def test_dlcr_defaults_and_bad_specs_in_one_line(tmp_path):
     assert spec.variants == 10 and spec.masks.source == "world" and spec.masks.clothes_labels is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("run_id: r\noutput: o\nmodel: {preset: tiny}\nsource: {dataset: x}\nmasks: {source: folder}\n")
-    with pytest.raises(FactoryError, match=r"^.*bad.yaml: masks: Value error, masks.source 'folder' needs path$"):
+    with pytest.raises(FactoryError, match=r"^.*bad.yaml:5: masks: Value error, masks.source 'folder' needs path$"):
         load_spec(bad, InpaintSpec)

@@ -45,12 +45,6 @@ def test_the_reader_needs_only_the_core_dependencies():
             assert path == "manifests/streaming.py" and top == "torch", f"{path} imports {module}"
 
 
-def test_import_manifests_loads_no_model_library():
-    code = f"import sys, manifests; print([m for m in {HEAVY!r} if m in sys.modules])"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
-
-
 def test_help_and_spec_errors_load_no_model_library(tmp_path):
     """`factory --help` and a bad spec answer before torch, ray, diffusers or transformers are imported."""
     spec = tmp_path / "bad.yaml"

@@ -36,10 +36,10 @@ def test_manifest_rows_are_exactly_the_tar_image_members(demo_run):
         assert {r["member"] for r in rows} == set(images)
         for r in rows:
             assert r["sha256"] == hashlib.sha256(images[r["member"]]).hexdigest()
-            assert r["nbytes"] == len(images[r["member"]])
+            assert r["size"] == len(images[r["member"]])
             assert r["shard_uri"] == uri
             # the offset column allows random access to the image without reading the tar
-            assert storage_for(uri).get_range(uri, r["offset"], r["nbytes"]) == images[r["member"]]
+            assert storage_for(uri).get_range(uri, r["offset"], r["size"]) == images[r["member"]]
         # members of a sample are adjacent: keys never come back once left
         keys = [split_member(name)[0] for name, _ in members]
         runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
@@ -82,6 +82,15 @@ def test_plain_webdataset_yields_exactly_the_manifest_keys(demo_run):
     assert sorted(keys) == sorted(set(run.table().column("key").to_pylist()))
     assert len(keys) == len(set(keys))  # no duplicate or split samples
     assert all({"rgb.jpg", "ir.jpg", "json", "cls"} <= set(s) for s in samples)
+
+
+def test_plain_webdataset_reads_a_run_from_its_shard_urls_alone(demo_run):
+    """No handler registered: `for_webdataset` URLs (paths, or `pipe:` for S3) open in webdataset as they are."""
+    run = Run(demo_run)
+    urls = run.shard_uris(for_webdataset=True)
+    assert all(url.startswith("pipe:") for url in urls) == demo_run.startswith("s3://")
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(set(run.table().column("key").to_pylist()))
 
 
 def test_reruns_write_byte_identical_shards(tmp_path):

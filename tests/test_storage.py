@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 import pytest
@@ -34,6 +35,23 @@ def test_round_trip_on_every_backend(run_uri, tmp_path):
     with pytest.raises(NotFound):
         storage.get_bytes(join(run_uri, "missing.txt"))
 
+
+
+def test_local_files_get_the_users_umask_not_private_temp_modes(tmp_path):
+    """A run is read by teammates and training jobs: files are 0644 under the usual umask, never 0600."""
+    storage = storage_for(str(tmp_path))
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x")
+    previous = os.umask(0o022)
+    try:
+        storage.put_file(src, str(tmp_path / "run" / "a.tar"))
+        storage.put_bytes(b"y", str(tmp_path / "run" / "b.json"))
+        os.umask(0o027)
+        storage.put_bytes(b"z", str(tmp_path / "run" / "c.json"))
+    finally:
+        os.umask(previous)
+    modes = {name: stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) for name in ("a.tar", "b.json", "c.json")}
+    assert modes == {"a.tar": 0o644, "b.json": 0o644, "c.json": 0o640}
 
 def test_local_put_replaces_atomically_and_listing_ignores_temp_files(tmp_path):
     storage = storage_for(str(tmp_path))

@@ -7,13 +7,17 @@ sha256 of their bytes so local and S3 can be compared exactly.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from helpers import flip_byte
 from torch.utils.data import DataLoader, get_worker_info
 
 from manifests.errors import ManifestError, RunNotFound
+from manifests.reader import Run
 from manifests.streaming import ReidStream, Selection, assign_slots, pk_batches
 from tests.world_run import write_demo_run
 
@@ -173,3 +177,32 @@ def test_pk_batches_hold_p_identities_times_k_and_drop_leftovers():
             if per_modality:
                 assert set(Counter((i["identity"], i["modality"]) for i in batch).values()) == {3}
     assert list(pk_batches(items[:5], 4, 3, seed=0)) == []  # too few for one full batch: dropped
+
+
+def test_a_damaged_member_is_skipped_with_one_warning_or_raised_when_strict(tmp_path, caplog):
+    uri = str(tmp_path / "run")
+    write_demo_run(uri, shards=1, identities_per_shard=2, images_per_identity=2)
+    row = Run(uri).table().slice(0, 1).to_pylist()[0]
+    flip_byte(row["shard_uri"], row["offset"] + row["size"] // 2)  # real corrupted bytes in the tar
+
+    stream = ReidStream([uri], rank=0, world_size=1)
+    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
+        items = list(stream)
+    assert len(items) == 2 * 2 * 2 - 1 and stream.skipped == 1
+    assert row["member"] not in {i["member"] for i in items}
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning == f"skipped {row['shard_uri']}: key {row['key']} ({row['member']}): " \
+                      "its bytes do not match the manifest's sha256"
+    with pytest.raises(ManifestError, match=f"key {row['key']} .*sha256"):
+        list(ReidStream([uri], rank=0, world_size=1, strict=True))
+    # a flipped byte still decodes, silently damaged: only the check catches it
+    assert len(list(ReidStream([uri], rank=0, world_size=1, check_sha256=False))) == 2 * 2 * 2
+    # a member that is garbage does not decode: one named member skipped, not a raw PIL error
+    tar = Path(row["shard_uri"])
+    data = bytearray(tar.read_bytes())
+    data[row["offset"] : row["offset"] + row["size"]] = b"\x00" * row["size"]
+    tar.write_bytes(bytes(data))
+    unchecked = ReidStream([uri], rank=0, world_size=1, check_sha256=False)
+    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
+        assert len(list(unchecked)) == 2 * 2 * 2 - 1 and unchecked.skipped == 1
+    assert f"key {row['key']} ({row['member']}): it does not decode" in caplog.records[-1].getMessage()

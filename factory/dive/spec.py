@@ -119,5 +119,10 @@ class GenerateSpec(Strict):
         return self.model if self.model is not None else self.models[modality]
 
     def content(self) -> dict[str, Any]:
-        """What decides the output bytes: the spec less where it goes and how it is scheduled."""
-        return self.model_dump(mode="json", exclude={"output", "resources"})
+        """What decides the output bytes: the spec less where it goes and how it is scheduled.
+
+        Actor counts are scheduling too: a run resumed on a smaller or bigger cluster makes
+        the same bytes (a task's batches do not depend on which actor takes it).
+        """
+        exclude = {"output": True, "resources": True, "rgb": {"actors"}, "ir": {"actors"}}
+        return self.model_dump(mode="json", exclude=exclude)

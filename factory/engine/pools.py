@@ -6,6 +6,9 @@ constructor runs again and the pipeline is reloaded) or when the task outlives i
 timeout (the actor is killed and restarted, docs/METHODS.md §9's tail hangs). In every
 failure the task goes back to the queue; the driver bounds its attempts. A task that
 raised a `FactoryError` (bad input: a retry would fail the same way) comes back fatal.
+An actor that dies for good (its node gone, or killed without restart) fails its reload
+`MAX_LOAD_FAILURES` times in a row and is dropped; the group goes on with the actors it
+has, and a group with none left stops the run with one line naming them.
 
 The actors are `factory.engine.contract.Actor`s; a method names them in its
 `actor_groups()`, so this module knows no method.
@@ -26,6 +29,7 @@ from factory.spec import ResourcesSpec
 log = logging.getLogger(__name__)
 
 NAMESPACE = "reid-factory"
+MAX_LOAD_FAILURES = 3  # consecutive: a crashed actor that Ray restarts loads again at the first try
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class RayPool:
 
         self._ray = ray
         self.role = role
+        self.run_id = run_id
         self.timeout_s = resources.task_timeout_s
         self.actors: dict[str, list] = {}
         for name, group in groups.items():
@@ -116,6 +121,8 @@ class RayPool:
         self.idle: dict[str, deque[int]] = {name: deque() for name in self.actors}
         self.loading: dict = {}  # ObjectRef of ready() -> (group, actor)
         self.leases: dict = {}  # ObjectRef of process() -> _Lease
+        self.load_failures: dict[tuple[str, int], int] = {}
+        self.dead: dict[str, set[int]] = {name: set() for name in self.actors}
         for name, actors in self.actors.items():
             for i in range(len(actors)):
                 self._load(name, i)
@@ -163,13 +170,29 @@ class RayPool:
         try:
             self._ray.get(ref)
         except self._ray.exceptions.RayActorError:
-            self._load(group, actor)  # died while loading: try again on the restarted actor
+            failures = self.load_failures[group, actor] = self.load_failures.get((group, actor), 0) + 1
+            if failures < MAX_LOAD_FAILURES:
+                self._load(group, actor)  # died while loading: try again on the restarted actor
+            else:
+                self._drop(group, actor)
             return
         except self._ray.exceptions.RayTaskError as e:
             # Loading is deterministic: a model that failed to load once will fail again.
             cause = str(e.cause if e.cause else e).splitlines()[0]
             raise FactoryError(f"{self.role} actor ({group}) could not load its model: {cause}") from None
+        self.load_failures.pop((group, actor), None)
         self.idle[group].append(actor)
+
+    def _drop(self, group: str, actor: int) -> None:
+        """An actor Ray will not bring back: the group goes on without it, or the run stops if none is left."""
+        self.dead[group].add(actor)
+        names = ", ".join(f"{self.role}-{self.run_id}-{group}-{i}" for i in sorted(self.dead[group]))
+        if len(self.dead[group]) == len(self.actors[group]):
+            raise FactoryError(
+                f"every {group} actor died and could not be restarted ({names}); committed shards are kept, "
+                "rerun with --resume once the cluster is healthy"
+            )
+        log.warning("%s died and could not be restarted; going on with the other %s actors", names, group)
 
     def _kill_overdue(self) -> None:
         now = time.monotonic()

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Sequence
 
 from factory.engine.contract import ActorGroup, PlanT, Result, Task
 from factory.engine.pools import NAMESPACE, LocalPool, Pool, RayPool
 from factory.engine.shards import run_shards
+from factory.errors import FactoryError
 from factory.spec import ResourcesSpec
+
+CONNECT_TIMEOUT_S = 30.0
 
 
 class Runtime:
     """Ray (`use_ray`, at `address`: None finds one as `ray.init` does) or the driver's own process."""
 
-    def __init__(self, *, use_ray: bool = True, address: str | None = None) -> None:
+    def __init__(
+        self, *, use_ray: bool = True, address: str | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S
+    ) -> None:
         self.use_ray = use_ray
         self.address = address
+        self.connect_timeout_s = connect_timeout_s
 
     def start(self) -> None:
         """Join (or start) the Ray cluster; a no-op without Ray or when this driver already joined one."""
@@ -23,8 +31,15 @@ class Runtime:
             return
         import ray
 
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            return
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        _check_reachable(address, self.connect_timeout_s)
+        try:
             ray.init(address=self.address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as e:
+            cause = str(e).splitlines()[0]
+            raise FactoryError(f"cannot join the Ray cluster at {address or 'auto'}: {cause}") from None
 
     def pool(self, groups: dict[str, ActorGroup], resources: ResourcesSpec, *, run_id: str, role: str) -> Pool:
         if not self.use_ray:
@@ -52,3 +67,23 @@ class Runtime:
             run_shards(plans, pool, resources, tasks_for=tasks_for, commit=commit, on_result=on_result)
         finally:
             pool.close()
+
+
+def _check_reachable(address: str | None, timeout_s: float) -> None:
+    """Fail in `timeout_s` with one line when a named cluster's port does not answer.
+
+    Ray itself retries an unreachable address for many minutes without a word; a TCP
+    connect to the head's port tells at once (refused) or within the timeout (dropped).
+    """
+    if not address or address in ("local", "auto"):
+        return  # a new local Ray, or one `ray start` left on this machine: ray.init finds out at once
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise FactoryError(f"--address {address!r}: give HOST:PORT (or ray://HOST:PORT), 'local' or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = f"no answer within {timeout_s:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e)).lower()
+        raise FactoryError(
+            f"cannot reach the Ray cluster at {address} ({reason}); is it running? (--connect-timeout waits longer)"
+        ) from None

@@ -31,7 +31,7 @@ def _images(run: Run, rows: pa.Table, size: tuple[int, int]) -> np.ndarray:
     height, width = size
 
     def fetch(row: dict) -> np.ndarray:
-        data = run.storage.get_range(row["shard_uri"], row["offset"], row["nbytes"])
+        data = run.storage.get_range(row["shard_uri"], row["offset"], row["size"])
         try:
             with Image.open(io.BytesIO(data)) as image:
                 return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR), np.uint8)

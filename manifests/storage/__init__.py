@@ -49,6 +49,15 @@ class Storage(Protocol):
     def exists(self, uri: str) -> bool:
         """Whether an object exists at `uri`."""
 
+    def webdataset_url(self, uri: str) -> str:
+        """A URL plain webdataset opens for `uri` (a path, or a `pipe:` command)."""
+
+    def delete(self, uri: str) -> None:
+        """Remove the object at `uri` (nothing if there is none)."""
+
+    def leftovers(self, prefix: str) -> list[str]:
+        """What writers that died left half-done under `prefix` (temp files, unfinished uploads): never objects."""
+
 
 def _local() -> Storage:
     from manifests.storage.local import LocalStorage

@@ -17,6 +17,29 @@ from manifests.storage import ObjectInfo
 TEMP_PREFIX = ".tmp-"
 
 
+def _umask_at_import() -> int:
+    mask = os.umask(0o022)  # reading it this way means setting it: done once, before any thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask (0644 by default).
+
+    mkstemp makes 0600 files, but a run is read by teammates and training jobs too. Linux
+    reports the current umask in /proc without changing it; elsewhere, the one at import.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        umask = _UMASK_AT_IMPORT
+    return 0o666 & ~umask
+
+
 def to_path(uri: str) -> Path:
     parts = urlsplit(uri)
     return Path(parts.path) if parts.scheme == "file" else Path(uri)
@@ -39,6 +62,7 @@ class LocalStorage:
         except OSError as e:
             raise StorageError(f"{uri}: cannot write there ({e.strerror or e})") from None
         try:
+            os.fchmod(fd, file_mode())
             with os.fdopen(fd, "wb") as out:
                 fill(out)
                 out.flush()
@@ -81,3 +105,14 @@ class LocalStorage:
 
     def exists(self, uri: str) -> bool:
         return to_path(uri).is_file()
+
+    def webdataset_url(self, uri: str) -> str:
+        return str(to_path(uri))
+
+    def delete(self, uri: str) -> None:
+        to_path(uri).unlink(missing_ok=True)
+
+    def leftovers(self, prefix: str) -> list[str]:
+        root = to_path(prefix)
+        base = prefix.rstrip("/")
+        return sorted(f"{base}/{p.relative_to(root).as_posix()}" for p in root.rglob(f"{TEMP_PREFIX}*") if p.is_file())

@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shlex
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,6 +170,24 @@ class S3Storage:
         except NotFound:
             return False
         return True
+
+    def webdataset_url(self, uri: str) -> str:
+        # webdataset has no s3 scheme; a pipe through this package keeps the endpoint and credentials
+        return f"pipe:{shlex.quote(sys.executable)} -m manifests.cat {shlex.quote(uri)}"
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_uri(uri)
+        with self._errors(uri):
+            self.client.delete_object(Bucket=bucket, Key=key)
+
+    def leftovers(self, prefix: str) -> list[str]:
+        """Multipart uploads begun and never completed nor aborted (their parts cost storage)."""
+        bucket, key = split_uri(prefix)
+        folder = key.rstrip("/") + "/" if key else ""
+        with self._errors(prefix):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=folder)
+            uploads = [u for page in pages for u in page.get("Uploads", [])]
+        return sorted(f"s3://{bucket}/{u['Key']} (upload {u['UploadId'][:12]})" for u in uploads)
 
 
 class _Body(io.RawIOBase):
