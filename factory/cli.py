@@ -179,11 +179,18 @@ def _run_method(
     _quiet_model_libraries()
     from factory.api import run
 
+    started = time.perf_counter()
     try:
         with _progress(images=True) as progress:
             task = progress.add_task(f"{command} {spec.run_id}", total=None)
+
+            def phase(text: str) -> None:
+                err.print(f"[{time.perf_counter() - started:6.1f} s] {text}", markup=False, highlight=False)
+                progress.update(task, description=f"{command} {spec.run_id}: {text.split(';')[0]}")
+
             summary = run(
                 spec,
+                on_phase=phase,
                 resume=resume,
                 force=force,
                 repair=repair,
@@ -350,8 +357,8 @@ def preview(
     sheet = draw_preview(run, out, identities=identities, samples_per_identity=samples)
     for damaged in sheet.damaged:
         err.print(f"skipped {damaged}", markup=False, highlight=False, soft_wrap=True)
-    note = f" ({len(sheet.damaged)} damaged, drawn dark; `factory verify` checks the whole run)" if sheet.damaged else ""
-    print(f"{out}: {sheet.images} images{note}")
+    note = f" ({len(sheet.damaged)} damaged, drawn dark; `factory verify` checks the whole run)"
+    print(f"{out}: {sheet.images} images{note if sheet.damaged else ''}")
 
 
 @app.command()
@@ -427,6 +434,35 @@ def stats(
         if name != "run":
             text = json.dumps(value, default=str) if isinstance(value, dict) else str(value)
             table.add_row(name, text)
+    out.print(table)
+
+
+@app.command("ls")
+def list_runs(
+    uri: str = typer.Argument("runs", help="A folder or s3://bucket/prefix to look under (default: runs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list instead of a table."),
+) -> None:
+    """The runs under a folder or bucket prefix: state (complete, running, incomplete), shards, samples, size."""
+    from manifests.catalog import list_runs as find_runs
+    from manifests.storage import scheme_of
+
+    if scheme_of(uri) == "" and not Path(uri).is_dir():
+        raise FactoryError(f"{uri}: no such folder")
+    entries = find_runs(uri)
+    if as_json:
+        print(json.dumps([entry.__dict__ for entry in entries], indent=2))
+        return
+    if not entries:
+        print(f"no runs under {uri}")
+        return
+    table = Table(title=f"runs under {uri}")
+    for column in ("run", "run id", "state", "shards", "samples", "size"):
+        table.add_column(column, justify="right" if column in ("shards", "samples", "size") else "left")
+    for e in entries:
+        planned = "?" if e.shards_planned is None else e.shards_planned
+        samples = "" if e.samples is None else str(e.samples)
+        shards = f"{e.shards_committed}/{planned}"
+        table.add_row(e.uri, e.run_id, e.state, shards, samples, f"{e.size / 1e6:.1f} MB")
     out.print(table)
 
 

@@ -353,6 +353,7 @@ def pk_batches(
     def is_ready(identity: int) -> bool:
         return all(len(buffer[identity][m]) >= k for m in modalities)
 
+    batches = 0
     for item in stream_items:
         modality = item["modality"] if per_modality else None
         if modality not in modalities:
@@ -362,7 +363,15 @@ def pk_batches(
         if is_ready(identity):
             ready.add(identity)
         if len(ready) >= p:
+            batches += 1
             yield _take_batch(buffer, ready, rng.sample(sorted(ready), p), modalities, k, is_ready)
+    if not batches:  # a silent empty epoch would look like a training loop that does nothing
+        each = f"{k} images of each of {', '.join(per_modality)}" if per_modality else f"{k} images"
+        log.warning(
+            "pk_batches made no batch: a batch needs P=%d identities with %s, and the stream had %d identities, "
+            "%d of them with enough images; lower P or K",
+            p, each, len(buffer), len(ready),
+        )
 
 
 def _take_batch(buffer, ready: set[int], chosen: list[int], modalities, k: int, is_ready) -> list[dict]:

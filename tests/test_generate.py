@@ -18,6 +18,7 @@ import yaml
 from helpers import run_cli
 from PIL import Image
 
+import factory
 from factory import api
 from factory.datasets import load_dataset
 from factory.dive.spec import GenerateSpec
@@ -135,6 +136,8 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as at a terminal: a shell's background jobs (a suite run with `&`) start with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not any((out / "manifest").glob("*.parquet")):
@@ -148,6 +151,48 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
     assert stderr.strip().splitlines()[-1] == (
         f"interrupted; {committed} of 8 shards committed; resume with: factory generate {spec} --resume"
     )
+
+
+def test_submit_runs_a_spec_file_in_the_background(tmp_path):
+    out = tmp_path / "run"
+    job = factory.submit(write_spec(tmp_path / "spec.yaml", str(out)), use_ray=False)
+    phases = {job.phase}
+    while not job.wait(timeout=0.05):
+        phases.add(job.phase)
+    summary = job.result()
+    assert summary["shards_made"] == 3 and job.progress == (24, 24) and job.phase == "finished"
+    assert "making 24 images" in phases or len(phases) > 1  # it said what it was doing on the way
+    with pytest.raises(FactoryError, match="already holds run"):
+        factory.submit(write_spec(tmp_path / "spec.yaml", str(out)), use_ray=False).result()
+
+
+def test_the_run_folder_loads_in_hugging_face_datasets_as_it_is(tmp_path):
+    import datasets
+
+    out = tmp_path / "run"
+    summary = api.run(make_spec(str(out)), use_ray=False)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: other\n") and '"seed": 3' in card
+    samples = datasets.load_dataset(str(out), split="train")
+    assert samples.num_rows == summary["samples"] == IDENTITIES * IMAGES
+    assert {"rgb.jpg", "ir.jpg", "json", "cls", "__key__"} <= set(samples.column_names)
+    manifest = datasets.load_dataset("parquet", data_files=str(out / "manifest" / "*.parquet"), split="train")
+    assert manifest.num_rows == 2 * summary["samples"] and "sha256" in manifest.column_names
+
+
+@pytest.mark.slow
+def test_a_plain_local_ray_run_says_what_it_does_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("generate", str(write_spec(tmp_path / "spec.yaml", str(out))), "--address", "local")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "checking the spec's inputs and models",
+        "3 of 3 shards to make; starting a local Ray",
+        "loading models on 2 rgb, 2 ir actors; 24 images to make",
+        "making 24 images",
+    ]
+    assert result.stdout.startswith(f"{out}: 3 of 3 shards made, 24 images generated in ")
 
 @pytest.mark.slow
 def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, tmp_path):

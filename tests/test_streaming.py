@@ -206,3 +206,17 @@ def test_a_damaged_member_is_skipped_with_one_warning_or_raised_when_strict(tmp_
     with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
         assert len(list(unchecked)) == 2 * 2 * 2 - 1 and unchecked.skipped == 1
     assert f"key {row['key']} ({row['member']}): it does not decode" in caplog.records[-1].getMessage()
+
+
+def test_pk_batches_say_so_when_p_can_never_be_met(run3, caplog):
+    """run3 has 6 identities: P = 8 makes no batch, and the epoch must not end in silence."""
+    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
+        assert list(pk_batches(ReidStream([run3], decode=sha), p=8, k=2, seed=0)) == []
+    assert caplog.records[-1].getMessage() == (
+        "pk_batches made no batch: a batch needs P=8 identities with 2 images, and the stream had 6 identities, "
+        "6 of them with enough images; lower P or K"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
+        assert len(list(pk_batches(ReidStream([run3], decode=sha), p=4, k=2, seed=0))) >= 1
+    assert not caplog.records

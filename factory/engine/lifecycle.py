@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from factory.engine.contract import Method, Result
+from factory.engine.contract import Method, Result, RunSpec
 from factory.engine.runtime import Runtime
 from factory.errors import FactoryError
+from manifests.card import write_dataset_card
 from manifests.errors import RunNotFound
 from manifests.layout import RunLayout
 from manifests.resume import plan_resume
@@ -37,19 +38,19 @@ from manifests.verify import verify_run
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (images done, images planned this session)
+Phase = Callable[[str], None]  # what the run is doing now, in a few words
 
 # What an attempt that stopped before writing run.json may have left in its output:
 # DLCR's wardrobe, described (and cached there) before the run starts.
 WRITTEN_BEFORE_RUN_JSON = {"wardrobe.parquet"}
 
 
-def shards_to_make(method: Method, total: int, *, resume: bool, force: bool) -> tuple[list[int], bool]:
-    """(the shards to make, whether the run is new).
+def existing_run(spec: RunSpec, *, resume: bool) -> bool:
+    """Whether `spec.output` holds a run to resume; refuses what would mix or lose files.
 
-    Refuses an existing run without --resume, --resume where there is no run, and a new
-    run in a folder that holds other files (it would mix its files with theirs).
+    Refused: an existing run without --resume, --resume where there is no run, and a new
+    run in a folder that holds other files. Checked first: it needs no model.
     """
-    spec = method.spec
     storage = storage_for(spec.output)
     try:
         existing = read_run_info(spec.output, storage)
@@ -57,11 +58,17 @@ def shards_to_make(method: Method, total: int, *, resume: bool, force: bool) -> 
         if resume:
             raise FactoryError(f"{spec.output}: no run to resume there (no run.json); leave out --resume to start one")
         _require_no_other_files(spec.output, storage)
-        return list(range(total)), True
+        return False
     if not resume:
         raise FactoryError(f"{spec.output} already holds run {existing.run_id!r}: add --resume, or choose a new output")
-    todo = plan_resume(spec.output, total, spec_fingerprint(spec.content()), force=force, storage=storage).todo
-    return todo, False
+    return True
+
+
+def shards_to_make(spec: RunSpec, total: int, *, resuming: bool, force: bool) -> list[int]:
+    """Every shard of a new run; on resume, those without a committed fragment (the spec must match)."""
+    if not resuming:
+        return list(range(total))
+    return plan_resume(spec.output, total, spec_fingerprint(spec.content()), force=force).todo
 
 
 def uncommit_damaged(output: str) -> list[int]:
@@ -94,6 +101,7 @@ def run_method(
     force: bool = False,
     repair: bool = False,
     on_progress: Progress | None = None,
+    on_phase: Phase | None = None,
 ) -> dict[str, Any]:
     """Make the run the method's spec describes (or its missing shards); returns the _SUCCESS summary.
 
@@ -104,16 +112,24 @@ def run_method(
     """
     runtime = runtime or Runtime()
     spec = method.spec
+    phase = on_phase or (lambda text: None)
+    progress = on_progress or (lambda done, total: None)
+    if repair and not resume:
+        raise FactoryError("--repair mends an existing run: add --resume")
+    runtime.check()
+    resuming = existing_run(spec, resume=resume)
+    phase("checking the spec's inputs and models")
     models = method.check()
     plans = method.plan()
     if repair:
-        if not resume:
-            raise FactoryError("--repair mends an existing run: add --resume")
+        phase("verifying the run to find damaged shards")
         uncommit_damaged(spec.output)
-    todo, new_run = shards_to_make(method, len(plans), resume=resume, force=force)
+    todo = shards_to_make(spec, len(plans), resuming=resuming, force=force)
+    new_run = not resuming
     if not todo and (finished := read_success(spec.output)) is not None:
         return {**finished, "nothing_to_do": True}  # keep the run's own totals, and say nothing was made
 
+    phase(f"{len(todo)} of {len(plans)} shards to make; {runtime.describe()}")
     runtime.start()
     models |= method.prepare(runtime)
     if new_run:
@@ -125,15 +141,20 @@ def run_method(
 
     def count(result: Result) -> None:
         nonlocal done
+        if not done:
+            phase(f"making {planned} images")
         done += result.made
-        if on_progress:
-            on_progress(done, planned)
+        progress(done, planned)
 
     sweep_stale_temp()  # shard folders a killed driver left in this machine's temp dir
+    groups = method.actor_groups()
+    actors = ", ".join(f"{group.count} {name}" for name, group in groups.items())
+    phase(f"loading models on {actors} actors; {planned} images to make")
+    progress(0, planned)
     start = time.perf_counter()
     runtime.run_shards(
         make,
-        method.actor_groups(),
+        groups,
         spec.resources,
         run_id=spec.run_id,
         role=method.name,
@@ -153,4 +174,5 @@ def run_method(
         "resumed": resume and len(todo) < len(plans),
     }
     write_success(spec.output, summary)
+    write_dataset_card(spec.output)  # README.md: Hugging Face `datasets` and the Hub read the run as it is
     return summary

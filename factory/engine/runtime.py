@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -25,6 +26,18 @@ class Runtime:
         self.address = address
         self.connect_timeout_s = connect_timeout_s
 
+    def describe(self) -> str:
+        """Where the actors will run, in a few words (for progress messages)."""
+        if not self.use_ray:
+            return "actors in this process"
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        return "starting a local Ray" if address in (None, "local") else f"joining Ray at {address}"
+
+    def check(self) -> None:
+        """Fail in one line, before any work, when the named cluster does not answer."""
+        if self.use_ray:
+            _check_reachable(self.address or os.environ.get("RAY_ADDRESS"), self.connect_timeout_s)
+
     def start(self) -> None:
         """Join (or start) the Ray cluster; a no-op without Ray or when this driver already joined one."""
         if not self.use_ray:
@@ -34,9 +47,16 @@ class Runtime:
         if ray.is_initialized():
             return
         address = self.address or os.environ.get("RAY_ADDRESS")
-        _check_reachable(address, self.connect_timeout_s)
         try:
-            ray.init(address=self.address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+            # Ray's own notes (a local instance started, token authentication on) would interleave
+            # with the driver's phase lines; its errors still come through.
+            ray.init(
+                address=self.address,
+                namespace=NAMESPACE,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
         except ConnectionError as e:
             cause = str(e).splitlines()[0]
             raise FactoryError(f"cannot join the Ray cluster at {address or 'auto'}: {cause}") from None

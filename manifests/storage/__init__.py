@@ -23,6 +23,7 @@ from manifests.errors import StorageError
 class ObjectInfo:
     uri: str
     size: int
+    modified: float | None = None  # seconds since the epoch, where the backend says
 
 
 class Storage(Protocol):

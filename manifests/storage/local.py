@@ -98,10 +98,11 @@ class LocalStorage:
             for name in files:
                 if not name.startswith(TEMP_PREFIX):
                     path = Path(folder, name)
-                    found.append((path, path.stat().st_size))
+                    stat = path.stat()
+                    found.append((path, stat.st_size, stat.st_mtime))
         base = prefix.rstrip("/")
-        for path, size in sorted(found):
-            yield ObjectInfo(uri=f"{base}/{path.relative_to(root).as_posix()}", size=size)
+        for path, size, modified in sorted(found):
+            yield ObjectInfo(uri=f"{base}/{path.relative_to(root).as_posix()}", size=size, modified=modified)
 
     def exists(self, uri: str) -> bool:
         return to_path(uri).is_file()

@@ -160,7 +160,8 @@ class S3Storage:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder)
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(uri=f"s3://{bucket}/{obj['Key']}", size=obj["Size"])
+                    modified = obj["LastModified"].timestamp()
+                    yield ObjectInfo(uri=f"s3://{bucket}/{obj['Key']}", size=obj["Size"], modified=modified)
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_uri(uri)
