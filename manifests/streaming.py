@@ -342,6 +342,10 @@ def pk_batches(
     of the stream whatever is left in the buffer cannot form a full batch and is dropped:
     batches are always complete, at the cost of up to (P-1) full identities plus
     per-identity remainders per epoch.
+
+    The reference trainer's sampler (`factory.reid.sampler.IdentitySampler`) draws K
+    images with replacement from an in-memory pool, as AGW does; a stream cannot go
+    back to an image, so here each image is used once per epoch, as it arrives.
     """
     if p < 1 or k < 1:
         raise ValueError(f"p and k must be positive, got p={p}, k={k}")

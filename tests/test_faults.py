@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
@@ -142,3 +143,26 @@ def test_preview_draws_around_a_damaged_member_and_names_it(tmp_path):
     assert result.returncode == 0 and "Traceback" not in result.stderr and sheet.is_file()
     assert f"skipped shard 000000 key {row['key']} ({row['member']}): its bytes do not match" in result.stderr
     assert "(1 damaged, drawn dark" in result.stdout
+
+
+def test_verify_warns_about_leftovers_strays_and_a_missing_success_file(run_uri, s3_client):
+    write_demo_run(run_uri, shards=2)
+    storage = storage_for(run_uri)
+    assert verify_run(run_uri).warnings == []
+    storage.delete(f"{run_uri}/_SUCCESS.json")
+    storage.put_bytes(b"copy", f"{run_uri}/shards/backup/000001.tar")
+    if run_uri.startswith("s3://"):  # an upload a dead writer began and never completed nor aborted
+        bucket, key = run_uri.removeprefix("s3://").split("/", 1)
+        s3_client.create_multipart_upload(Bucket=bucket, Key=f"{key}/shards/000002.tar")
+        leftover = f"{run_uri}/shards/000002.tar (upload "
+    else:
+        (Path(run_uri) / "shards" / ".tmp-abc123").write_bytes(b"half a tar")
+        leftover = f"{run_uri}/shards/.tmp-abc123"
+
+    report = verify_run(run_uri)
+    assert report.ok() and not report.ok(strict=True)
+    assert report.warnings[0] == f"stray file, not a shard of this run's layout: {run_uri}/shards/backup/000001.tar"
+    assert report.warnings[1].startswith(f"left by a writer that died: {leftover}")
+    assert report.warnings[2].startswith("every shard is committed but there is no _SUCCESS.json")
+    result = run_cli("verify", run_uri, "--strict")
+    assert result.returncode == 1 and result.stderr.count("warning: ") == 3

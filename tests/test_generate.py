@@ -128,6 +128,7 @@ def test_a_run_resumes_on_another_number_of_actors_to_the_same_bytes(reference_r
     assert tar_bytes(str(out)) == tar_bytes(reference_run)
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
     out = tmp_path / "run"
     spec = write_spec(tmp_path / "spec.yaml", str(out), identities={**SPEC["identities"], "count": 16})  # 8 shards

@@ -65,6 +65,7 @@ def small_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_factory_identity_with_a_train_reid_folder(tmp_path, small_model):
     run = tmp_path / "run"
     write_demo_run(str(run), shards=2, identities_per_shard=3, images_per_identity=2)

@@ -363,6 +363,7 @@ def test_a_unet_with_another_channel_count_is_refused_with_one_line(tmp_path):
     assert not Path(out, "run.json").exists()
 
 
+@pytest.mark.slow
 def test_model_descriptions_on_ray_fill_the_cache(ray_session, world, tmp_path):
     models = {"vlm": str(build_vlm(tmp_path / "vlm")), "llm": str(build_llm(tmp_path / "llm"))}
     describer = {**models, "images_per_outfit": 1, "vlm_max_new_tokens": 4, "llm_max_new_tokens": 4}

@@ -13,6 +13,8 @@ DLCR (§3.5): each real image of the batch brings one generated variant of itsel
 V variants may be drawn, p(e) growing 0.25 → 0.5 → 0.75 → 1 at the epoch thresholds.
 
 Every draw comes from a generator seeded by (seed, epoch): same pair, same batches.
+Training jobs that stream runs instead of holding them in memory batch with
+`manifests.streaming.pk_batches`, which takes each streamed image once.
 """
 
 from __future__ import annotations
