@@ -256,18 +256,22 @@ class ReidStream(IterableDataset):
         self.selection = selection
         self.seed = seed
         self.decode = decode or decode_rgb
-        self.identity_offset = identity_offset
-        self.camera_offset = camera_offset
         self.rank, self.world_size = rank, world_size
         self.check_sha256, self.strict = check_sha256, strict
         self.skipped = 0  # damaged members skipped by this process
         self.epoch = 0
         # Plain data only: the stream is pickled into DataLoader workers, which open
         # their own storage clients (a boto3 client must not cross a fork).
-        self.samples, cameras = select_samples(self.runs, selection)
-        # Integer camera labels: rank of the name among every camera of the runs (not
-        # just the selected ones, so they do not shift with the selection) + offset.
-        self.camera_ids = {name: i + camera_offset for i, name in enumerate(cameras)}
+        self.samples, self.cameras = select_samples(self.runs, selection)
+        self.relabel(identity_offset=identity_offset, camera_offset=camera_offset)
+
+    def relabel(self, *, identity_offset: int, camera_offset: int, cameras: Sequence[str] | None = None) -> None:
+        """Yield identities as identity + `identity_offset` and cameras as integers: the rank of the
+        camera's name among `cameras` (default: every camera of these runs, not just the selected
+        ones, so ids do not shift with the selection) + `camera_offset`. Several streams given the
+        same `cameras` share one numbering."""
+        self.identity_offset = identity_offset
+        self.camera_ids = {name: i + camera_offset for i, name in enumerate(cameras or self.cameras)}
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the permutation of the next iteration (call before each epoch)."""

@@ -225,36 +225,8 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, t
     assert len(keys) == 2 * len(set(keys)) == 2 * IDENTITIES * IMAGES  # no duplicates, no gaps
 
 
-@pytest.mark.slow
-def test_an_actor_killed_mid_run_loses_nothing(ray_session, reference_run, tmp_path):
-    out = str(tmp_path / "run")
-    failures = []
-
-    def run():
-        try:
-            api.run(make_spec(out, run_id="chaos"))
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
-            failures.append(e)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    fragment = Path(RunLayout(out).fragment_uri(0))
-    deadline = time.monotonic() + 240
-    while not fragment.exists():
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.1)
-    victim = ray_session.get_actor("generate-chaos-ir-0", namespace=NAMESPACE)
-    ray_session.kill(victim, no_restart=False)  # as a crash would: Ray restarts it
-    thread.join(timeout=300)
-
-    assert not thread.is_alive() and failures == []
-    assert verify_run(out).ok()
-    assert tar_bytes(out) == tar_bytes(reference_run)
-
-
-
-def _kill_for_good_mid_run(ray_session, out: str, spec: GenerateSpec, victim: str) -> list[Exception]:
-    """Run `spec` in a thread; once shard 0 is committed, kill actor `victim` with no restart; the run's errors."""
+def _kill_mid_run(ray_session, out: str, spec: GenerateSpec, victim: str, *, restart: bool) -> list[Exception]:
+    """Run `spec` in a thread; once shard 0 is committed, kill actor `victim` (Ray restarts it or not); the errors."""
     failures = []
 
     def run():
@@ -270,16 +242,25 @@ def _kill_for_good_mid_run(ray_session, out: str, spec: GenerateSpec, victim: st
     while not fragment.exists():
         assert thread.is_alive() and time.monotonic() < deadline
         time.sleep(0.05)
-    ray_session.kill(ray_session.get_actor(victim, namespace=NAMESPACE), no_restart=True)
+    ray_session.kill(ray_session.get_actor(victim, namespace=NAMESPACE), no_restart=not restart)
     thread.join(timeout=180)
     assert not thread.is_alive(), "the driver hangs on a dead actor"
     return failures
 
 
 @pytest.mark.slow
+def test_an_actor_killed_mid_run_loses_nothing(ray_session, reference_run, tmp_path):
+    out = str(tmp_path / "run")
+    # as a crash would: Ray restarts the actor, its task is re-queued
+    assert _kill_mid_run(ray_session, out, make_spec(out, run_id="chaos"), "generate-chaos-ir-0", restart=True) == []
+    assert verify_run(out).ok()
+    assert tar_bytes(out) == tar_bytes(reference_run)
+
+
+@pytest.mark.slow
 def test_an_actor_dead_for_good_leaves_the_run_to_the_others(ray_session, reference_run, tmp_path):
     out = str(tmp_path / "run")
-    assert _kill_for_good_mid_run(ray_session, out, make_spec(out, run_id="gone"), "generate-gone-ir-0") == []
+    assert _kill_mid_run(ray_session, out, make_spec(out, run_id="gone"), "generate-gone-ir-0", restart=False) == []
     assert verify_run(out).ok()
     assert tar_bytes(out) == tar_bytes(reference_run)
 
@@ -288,7 +269,8 @@ def test_an_actor_dead_for_good_leaves_the_run_to_the_others(ray_session, refere
 def test_when_every_actor_of_a_modality_is_dead_the_run_stops_with_one_line(ray_session, tmp_path):
     out = str(tmp_path / "run")
     alone = {**SPEC["ir"], "actors": 1}
-    failures = _kill_for_good_mid_run(ray_session, out, make_spec(out, run_id="lone", ir=alone), "generate-lone-ir-0")
+    lone = make_spec(out, run_id="lone", ir=alone)
+    failures = _kill_mid_run(ray_session, out, lone, "generate-lone-ir-0", restart=False)
     assert [type(e) for e in failures] == [FactoryError]
     assert str(failures[0]).startswith("every ir actor died and could not be restarted (generate-lone-ir-0)")
     assert 1 <= len(Run(out).listing().committed) < 3 and verify_run(out).ok(allow_incomplete=True)

@@ -1,15 +1,18 @@
 """A run's lifecycle, the same for every method.
 
-1. The method checks everything that can be checked before any image (its spec, models,
-   inputs) and plans its shards: a pure function of the spec.
-2. On --resume the run's spec must match (its fingerprint leaves out where the run goes
+1. Cheap refusals first: a cluster that does not answer, --resume where there is no run,
+   an existing run without --resume, a new run in a folder holding other files.
+2. The method checks everything that can be checked before any image (its spec, models,
+   inputs) and plans its shards: a pure function of the spec. With --repair, the run is
+   verified and every shard that fails is uncommitted.
+3. On --resume the run's spec must match (its fingerprint leaves out where the run goes
    and how it is scheduled); the shards to make are the ones without a committed
-   fragment. A run whose shards are all committed is left as it is.
-3. The runtime starts (Ray, or this process); the method prepares what its shards need
+   fragment. A run whose shards are all committed is left as it is ("nothing to do").
+4. The runtime starts (Ray, or this process); the method prepares what its shards need
    (e.g. DLCR's wardrobe); run.json is written for a new run.
-4. The shard loop (`factory.engine.shards`) keeps a bounded number of shards open on
+5. The shard loop (`factory.engine.shards`) keeps a bounded number of shards open on
    the method's actors and commits each as it completes (tar, then fragment).
-5. _SUCCESS.json gets the totals and throughput.
+6. _SUCCESS.json gets the totals and throughput; README.md the dataset card.
 
 A driver killed at any point loses only uncommitted shards; --resume redoes exactly
 those with the same seeds and batches, so the run ends byte-identical to one that was
@@ -32,7 +35,7 @@ from manifests.layout import RunLayout
 from manifests.resume import plan_resume
 from manifests.run_info import RunInfo, read_run_info, read_success, spec_fingerprint, write_run_info, write_success
 from manifests.shard_writer import sweep_stale_temp
-from manifests.storage import storage_for
+from manifests.storage import Storage, storage_for
 from manifests.verify import verify_run
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,7 @@ def uncommit_damaged(output: str) -> list[int]:
     return report.failed_shards()
 
 
-def _require_no_other_files(output: str, storage) -> None:
+def _require_no_other_files(output: str, storage: Storage) -> None:
     base = output.rstrip("/") + "/"
     others = [o.uri[len(base) :] for o in storage.list(output) if o.uri[len(base) :] not in WRITTEN_BEFORE_RUN_JSON]
     if others:

@@ -31,7 +31,9 @@ class Runtime:
         if not self.use_ray:
             return "actors in this process"
         address = self.address or os.environ.get("RAY_ADDRESS")
-        return "starting a local Ray" if address in (None, "local") else f"joining Ray at {address}"
+        known = {None: "joining this machine's Ray, or starting one", "local": "starting a local Ray",
+                 "auto": "joining this machine's Ray"}
+        return known.get(address, f"joining Ray at {address}")
 
     def check(self) -> None:
         """Fail in one line, before any work, when the named cluster does not answer."""

@@ -141,15 +141,15 @@ def run_part(
     """Every selected image of the runs, relabelled into the synthetic namespace."""
     streams = [ReidStream([s.uri], selection=_selection(s), decode=_decoder(size), rank=0, world_size=1) for s in sources]
     run_pids = {row.identity for st in streams for sample in st.samples for row in sample.rows}
-    camera_names = sorted(set().union(*(st.camera_ids for st in streams)))
+    camera_names = sorted(set().union(*(st.cameras for st in streams)))
     id_offset, cam_offset = resolve_offsets(mix, real_pids, real_cameras, run_pids, camera_names)
-    camera_id = {name: cam_offset + i for i, name in enumerate(camera_names)}
     part = _Part()
     for stream in streams:
+        stream.relabel(identity_offset=id_offset, camera_offset=cam_offset, cameras=camera_names)
         for item in stream:
             part.images.append(item["image"])
-            part.labels.append(id_offset + item["identity"])
-            part.cameras.append(camera_id[item["camera"]])
+            part.labels.append(item["identity"])
+            part.cameras.append(item["camera_id"])
             part.modalities.append(item["modality"])
             part.clothes.append(None if item["clothes"] is None else f"syn:{item['clothes']}")
             part.names.append(f"{item['shard_uri']}#{item['member']}")
