@@ -92,6 +92,7 @@ def reference_run(ray_session, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the Ray reference run (about 20 s) is set up for the slow tests only
 def test_a_ray_run_makes_every_pair_and_verifies(reference_run):
     run = Run(reference_run)
     table = run.table()
@@ -106,6 +107,7 @@ def test_a_ray_run_makes_every_pair_and_verifies(reference_run):
     assert verify_run(reference_run).ok()
 
 
+@pytest.mark.slow  # the Ray reference run (about 20 s) is set up for the slow tests only
 def test_same_spec_and_seed_twice_gives_the_same_images(reference_run, tmp_path):
     again = str(tmp_path / "again")
     api.run(make_spec(again, run_id="again"), use_ray=False)  # in-process this time: same bytes
@@ -117,6 +119,7 @@ def test_same_spec_and_seed_twice_gives_the_same_images(reference_run, tmp_path)
 
 
 
+@pytest.mark.slow  # the Ray reference run (about 20 s) is set up for the slow tests only
 def test_a_run_resumes_on_another_number_of_actors_to_the_same_bytes(reference_run, tmp_path):
     """Actor counts are scheduling: they are not in the spec fingerprint and change no byte."""
     out = tmp_path / "run"
@@ -308,9 +311,11 @@ def test_real_rgb_paired_with_generated_ir(tmp_path):
     assert verify_run(out).ok()
 
 
-def test_preview_draws_the_pairs(reference_run, tmp_path):
+def test_preview_draws_the_pairs(tmp_path):
+    run = str(tmp_path / "run")
+    api.run(make_spec(run), use_ray=False)
     sheet = tmp_path / "sheet.png"
-    result = run_cli("preview", reference_run, "--out", str(sheet), "--identities", "3", "--samples", "2")
+    result = run_cli("preview", run, "--out", str(sheet), "--identities", "3", "--samples", "2")
     assert result.returncode == 0, result.stderr
     with Image.open(sheet) as image:
         assert image.size == (4 * 64, 3 * (128 + 12))  # 2 samples x (RGB, IR) per identity row
