@@ -228,8 +228,9 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, t
     assert len(keys) == 2 * len(set(keys)) == 2 * IDENTITIES * IMAGES  # no duplicates, no gaps
 
 
-def _kill_mid_run(ray_session, out: str, spec: GenerateSpec, victim: str, *, restart: bool) -> list[Exception]:
-    """Run `spec` in a thread; once shard 0 is committed, kill actor `victim` (Ray restarts it or not); the errors."""
+def _kill_mid_run(ray_session, out: str, spec: GenerateSpec, *victims: str, restart: bool) -> list[Exception]:
+    """Run `spec` in a thread; once shard 0 is committed, kill each actor of `victims` in turn as soon as it
+    exists (Ray restarts them, or not); the run's errors."""
     failures = []
 
     def run():
@@ -245,7 +246,15 @@ def _kill_mid_run(ray_session, out: str, spec: GenerateSpec, victim: str, *, res
     while not fragment.exists():
         assert thread.is_alive() and time.monotonic() < deadline
         time.sleep(0.05)
-    ray_session.kill(ray_session.get_actor(victim, namespace=NAMESPACE), no_restart=not restart)
+    for victim in victims:
+        while True:
+            try:
+                actor = ray_session.get_actor(victim, namespace=NAMESPACE)
+                break
+            except ValueError:  # not started yet (a replacement)
+                assert thread.is_alive() and time.monotonic() < deadline, f"{victim} never started"
+                time.sleep(0.02)
+        ray_session.kill(actor, no_restart=not restart)
     thread.join(timeout=180)
     assert not thread.is_alive(), "the driver hangs on a dead actor"
     return failures
@@ -261,22 +270,24 @@ def test_an_actor_killed_mid_run_loses_nothing(ray_session, reference_run, tmp_p
 
 
 @pytest.mark.slow
-def test_an_actor_dead_for_good_leaves_the_run_to_the_others(ray_session, reference_run, tmp_path):
+def test_an_actor_dead_for_good_is_replaced_and_the_run_finishes(ray_session, reference_run, tmp_path):
     out = str(tmp_path / "run")
-    assert _kill_mid_run(ray_session, out, make_spec(out, run_id="gone"), "generate-gone-ir-0", restart=False) == []
+    alone = make_spec(out, run_id="gone", ir={**SPEC["ir"], "actors": 1})
+    assert _kill_mid_run(ray_session, out, alone, "generate-gone-ir-0", restart=False) == []
     assert verify_run(out).ok()
-    assert tar_bytes(out) == tar_bytes(reference_run)
+    assert tar_bytes(out) == tar_bytes(reference_run)  # made on 2 IR actors, then 1, then its replacement
 
 
 @pytest.mark.slow
 def test_when_every_actor_of_a_modality_is_dead_the_run_stops_with_one_line(ray_session, tmp_path):
     out = str(tmp_path / "run")
-    alone = {**SPEC["ir"], "actors": 1}
-    lone = make_spec(out, run_id="lone", ir=alone)
-    failures = _kill_mid_run(ray_session, out, lone, "generate-lone-ir-0", restart=False)
+    lone = make_spec(out, run_id="lone", ir={**SPEC["ir"], "actors": 1})
+    failures = _kill_mid_run(ray_session, out, lone, "generate-lone-ir-0", "generate-lone-ir-0-r1", restart=False)
     assert [type(e) for e in failures] == [FactoryError]
-    assert str(failures[0]).startswith("every ir actor died and could not be restarted (generate-lone-ir-0)")
+    expected = "every ir actor died and could not be restarted or replaced (generate-lone-ir-0-r1)"
+    assert str(failures[0]).startswith(expected)
     assert 1 <= len(Run(out).listing().committed) < 3 and verify_run(out).ok(allow_incomplete=True)
+
 
 @pytest.mark.slow
 def test_output_to_s3_end_to_end(ray_session, reference_run, bucket):

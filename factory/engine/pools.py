@@ -7,8 +7,10 @@ timeout (the actor is killed and restarted, docs/METHODS.md §9's tail hangs). I
 failure the task goes back to the queue; the driver bounds its attempts. A task that
 raised a `FactoryError` (bad input: a retry would fail the same way) comes back fatal.
 An actor that dies for good (its node gone, or killed without restart) fails its reload
-`MAX_LOAD_FAILURES` times in a row and is dropped; the group goes on with the actors it
-has, and a group with none left stops the run with one line naming them.
+`MAX_LOAD_FAILURES` times in a row and is replaced by a new actor, once per slot (a
+replacement that finds no room within the task timeout counts as dead); after that the
+group goes on with the actors it has, and a group with none left stops the run with one
+line naming them.
 
 The actors are `factory.engine.contract.Actor`s; a method names them in its
 `actor_groups()`, so this module knows no method.
@@ -101,34 +103,42 @@ class RayPool:
         self._ray = ray
         self.role = role
         self.run_id = run_id
+        self.resources = resources
         self.timeout_s = resources.task_timeout_s
-        self.actors: dict[str, list] = {}
-        for name, group in groups.items():
-            remote = ray.remote(group.actor_cls)
-            self.actors[name] = [
-                remote.options(
-                    name=f"{role}-{run_id}-{name}-{i}",
-                    namespace=NAMESPACE,
-                    num_cpus=resources.cpus_per_actor,
-                    num_gpus=resources.gpus_per_actor,
-                    max_restarts=-1,  # restarted after a crash; the driver bounds each task's attempts
-                    max_task_retries=0,  # a lost call comes back to the driver, which re-queues it
-                ).remote(group.config)
-                for i in range(group.count)
-            ]
+        self.groups = {name: (ray.remote(group.actor_cls), group.config) for name, group in groups.items()}
+        self.names: dict[tuple[str, int], str] = {}
+        self.actors: dict[str, list] = {
+            name: [self._start(name, slot) for slot in range(group.count)] for name, group in groups.items()
+        }
         # An actor takes tasks only once its pipeline is loaded (again, after a restart), so a
         # task's timeout measures its own work, not a model load or a wait for a node.
         self.idle: dict[str, deque[int]] = {name: deque() for name in self.actors}
-        self.loading: dict = {}  # ObjectRef of ready() -> (group, actor)
+        self.loading: dict = {}  # ObjectRef of ready() -> (group, slot)
+        self.loading_since: dict = {}  # ObjectRef of ready() -> when it was asked
         self.leases: dict = {}  # ObjectRef of process() -> _Lease
         self.load_failures: dict[tuple[str, int], int] = {}
+        self.replaced: set[tuple[str, int]] = set()  # slots whose actor was replaced (once each)
         self.dead: dict[str, set[int]] = {name: set() for name in self.actors}
         for name, actors in self.actors.items():
-            for i in range(len(actors)):
-                self._load(name, i)
+            for slot in range(len(actors)):
+                self._load(name, slot)
 
-    def _load(self, group: str, actor: int) -> None:
-        self.loading[self.actors[group][actor].ready.remote()] = (group, actor)
+    def _start(self, group: str, slot: int, replacement: bool = False):
+        remote, config = self.groups[group]
+        name = self.names[group, slot] = f"{self.role}-{self.run_id}-{group}-{slot}" + ("-r1" if replacement else "")
+        return remote.options(
+            name=name,
+            namespace=NAMESPACE,
+            num_cpus=self.resources.cpus_per_actor,
+            num_gpus=self.resources.gpus_per_actor,
+            max_restarts=-1,  # restarted after a crash; the driver bounds each task's attempts
+            max_task_retries=0,  # a lost call comes back to the driver, which re-queues it
+        ).remote(config)
+
+    def _load(self, group: str, slot: int) -> None:
+        ref = self.actors[group][slot].ready.remote()
+        self.loading[ref] = (group, slot)
+        self.loading_since[ref] = time.monotonic()
 
     def free_slots(self, group: str) -> int:
         return len(self.idle[group])
@@ -167,6 +177,7 @@ class RayPool:
 
     def _loaded(self, ref) -> None:
         group, actor = self.loading.pop(ref)
+        self.loading_since.pop(ref, None)
         try:
             self._ray.get(ref)
         except self._ray.exceptions.RayActorError:
@@ -183,19 +194,33 @@ class RayPool:
         self.load_failures.pop((group, actor), None)
         self.idle[group].append(actor)
 
-    def _drop(self, group: str, actor: int) -> None:
-        """An actor Ray will not bring back: the group goes on without it, or the run stops if none is left."""
-        self.dead[group].add(actor)
-        names = ", ".join(f"{self.role}-{self.run_id}-{group}-{i}" for i in sorted(self.dead[group]))
+    def _drop(self, group: str, slot: int) -> None:
+        """An actor Ray will not bring back: a replacement takes its slot once (where the cluster has
+        room); after that the group goes on without it, or the run stops if none is left."""
+        if (group, slot) not in self.replaced:
+            self.replaced.add((group, slot))
+            log.warning("%s died and could not be restarted; starting a replacement", self.names[group, slot])
+            self.actors[group][slot] = self._start(group, slot, replacement=True)
+            self.load_failures.pop((group, slot), None)
+            self._load(group, slot)
+            return
+        self.dead[group].add(slot)
+        names = ", ".join(self.names[group, i] for i in sorted(self.dead[group]))
         if len(self.dead[group]) == len(self.actors[group]):
             raise FactoryError(
-                f"every {group} actor died and could not be restarted ({names}); committed shards are kept, "
-                "rerun with --resume once the cluster is healthy"
+                f"every {group} actor died and could not be restarted or replaced ({names}); committed shards are "
+                "kept, rerun with --resume once the cluster is healthy"
             )
-        log.warning("%s died and could not be restarted; going on with the other %s actors", names, group)
+        log.warning("%s died and could not be replaced; going on with the other %s actors", names, group)
 
     def _kill_overdue(self) -> None:
         now = time.monotonic()
+        for ref, (group, slot) in list(self.loading.items()):
+            if (group, slot) in self.replaced and now - self.loading_since[ref] > self.timeout_s:
+                # a replacement that never loaded: the cluster has no room for it
+                del self.loading[ref], self.loading_since[ref]
+                self._ray.kill(self.actors[group][slot], no_restart=True)
+                self._drop(group, slot)
         for lease in self.leases.values():
             if now - lease.started > self.timeout_s:
                 log.warning("task %s exceeded %.0f s; restarting its actor", lease.task.task_id, self.timeout_s)
