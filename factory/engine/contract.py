@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from factory.spec import ResourcesSpec
+
+if TYPE_CHECKING:
+    from factory.engine.runtime import Runtime
 
 
 class Task(Protocol):
@@ -122,7 +125,7 @@ class Method(ABC, Generic[PlanT, TaskT, ResultT]):
     def plan(self) -> list[PlanT]:
         """Every shard of the run, in shard order: a pure function of the spec."""
 
-    def prepare(self, runtime) -> dict[str, str]:
+    def prepare(self, runtime: Runtime) -> dict[str, str]:
         """Work before the shards, on the engine's runtime (e.g. describing outfits); more fingerprints."""
         return {}
 
