@@ -52,7 +52,7 @@ def run(
 
 
 def load_job_spec(path: str | Path, command: str | None = None, **overrides: Any) -> Any:
-    """The spec in YAML file `path`, validated by `command`'s spec class, or by the one known class it fits."""
+    """The spec in YAML file `path`, validated by `command`'s spec class, or by the first known class it fits."""
     from factory.spec import load_spec
 
     if command is not None:

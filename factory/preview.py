@@ -9,8 +9,6 @@ each is checked against its sha256, and a damaged one is drawn as a dark cell an
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
+from manifests.members import checked_decode
 from manifests.reader import Run
 
 CELL = (64, 128)  # every image is shown at this size (width, height)
@@ -61,14 +60,9 @@ Cells = dict[int, list[tuple[Image.Image, str]]]
 
 def _member(run: Run, row: dict, result: Sheet) -> Image.Image:
     """The image a manifest row names, or a dark cell (recorded in `result`) if its bytes are damaged."""
-    data = run.storage.get_range(row["shard_uri"], row["offset"], row["size"])
-    why = "its bytes do not match the manifest's sha256" if hashlib.sha256(data).hexdigest() != row["sha256"] else None
+    image, why = checked_decode(run.storage.get_range(row["shard_uri"], row["offset"], row["size"]), row["sha256"])
     if why is None:
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as e:
-            why = f"it does not decode ({e})"
+        return image
     result.damaged.append(f"shard {row['shard']:06d} key {row['key']} ({row['member']}): {why}")
     return Image.new("RGB", CELL, (60, 0, 0))
 

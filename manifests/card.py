@@ -3,8 +3,9 @@
 `datasets.load_dataset(RUN)` reads the WebDataset shards (one row per sample, with
 `rgb.jpg`/`ir.jpg`/`json`/`cls` columns). The Parquet manifest cannot be a second config
 of the same card (`datasets` takes one format per repository): the card shows the
-`load_dataset("parquet", data_files=...)` call that reads it. The card also says what made the run: the method,
-the spec, the models' fingerprints and the counts, written when the run finishes.
+`load_dataset("parquet", data_files=...)` call that reads it. The card also says what
+made the run (the spec, the models' fingerprints, the counts); the engine writes it when
+the run finishes.
 """
 
 from __future__ import annotations

@@ -68,14 +68,14 @@ class _HashingFile:
 
 # A shard's tar is built locally under this prefix and the writer's process id, so a later
 # writer can tell the folders of a killed process from those of a live one.
-TEMP_PREFIX = "reid-factory-shard-"
+WORK_PREFIX = "reid-factory-shard-"
 
 
 def sweep_stale_temp(workdir: str | Path | None = None) -> int:
     """Remove shard temp folders left by writer processes that no longer exist; how many."""
     removed = 0
-    for folder in Path(workdir or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
-        pid = folder.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+    for folder in Path(workdir or tempfile.gettempdir()).glob(f"{WORK_PREFIX}*"):
+        pid = folder.name[len(WORK_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
@@ -106,7 +106,7 @@ class ShardWriter:
         self.shard = shard
         self.run_id = run_id
         self.storage = storage or storage_for(run_uri)
-        self._tmpdir = tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-{shard:06d}-", dir=workdir)
+        self._tmpdir = tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-{shard:06d}-", dir=workdir)
         self._path = Path(self._tmpdir.name) / f"{shard:06d}.tar"
         self._out = _HashingFile(self._path)
         self._tar = tarfile.TarFile(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)

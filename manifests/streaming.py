@@ -61,8 +61,6 @@ Epochs
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import random
@@ -77,6 +75,7 @@ import pyarrow.compute as pc
 from torch.utils.data import IterableDataset, get_worker_info
 
 from manifests.errors import ManifestError
+from manifests.members import checked_decode, decode_rgb
 from manifests.reader import Run
 from manifests.storage import Storage, scheme_of, storage_for
 
@@ -132,14 +131,6 @@ class Sample:
     shard_uri: str
     key: str
     rows: tuple[ImageRow, ...]
-
-
-def decode_rgb(data: bytes) -> Any:
-    """The default decoder: a PIL image in RGB (IR images are stored as 3-channel JPEGs too)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
 
 
 def select_samples(runs: Sequence[str], selection: Selection) -> tuple[list[Sample], list[str]]:
@@ -300,12 +291,9 @@ class ReidStream(IterableDataset):
 
     def _item(self, sample: Sample, row: ImageRow, data: bytes) -> dict[str, Any] | None:
         """The yielded item, or None for a damaged member (skipped, or raised with `strict`)."""
-        if self.check_sha256 and hashlib.sha256(data).hexdigest() != row.sha256:
-            return self._damaged(sample, row, "its bytes do not match the manifest's sha256")
-        try:
-            image = self.decode(data)
-        except Exception as e:  # noqa: BLE001 - any decoder failure means this member cannot be used
-            return self._damaged(sample, row, f"it does not decode ({type(e).__name__}: {e})")
+        image, why = checked_decode(data, row.sha256, self.decode, check=self.check_sha256)
+        if why is not None:
+            return self._damaged(sample, row, why)
         return {
             "image": image,
             "identity": row.identity + self.identity_offset,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import resume
+from benchmarks import resume, startup
 
 
 def run_benchmark(module: str, argv: list[str]) -> dict:
@@ -70,3 +70,10 @@ def test_resume_benchmark_refuses_an_existing_run(tmp_path):
     resume.main(["--shards", "20", "--uri", str(tmp_path / "run")])
     with pytest.raises(SystemExit, match="already holds a run"):
         resume.main(["--shards", "20", "--uri", str(tmp_path / "run")])
+
+
+def test_startup_benchmark_times_each_command(capsys):
+    result = startup.main(["--repeats", "1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert set(result["seconds"]) == {"--help", "spec error", "verify"}
+    assert all(s > 0 for s in result["seconds"].values())

@@ -15,7 +15,7 @@ from world_run import write_demo_run
 
 from factory.errors import StorageError
 from manifests import ImageMeta, Run, RunInfo, RunLayout, plan_resume, sample_key, verify_run, write_run_info
-from manifests.shard_writer import TEMP_PREFIX, SampleImage, ShardWriter, sweep_stale_temp
+from manifests.shard_writer import WORK_PREFIX, SampleImage, ShardWriter, sweep_stale_temp
 from manifests.storage import storage_for
 from manifests.storage.s3 import MIB, S3Storage
 
@@ -126,7 +126,7 @@ def test_a_killed_writers_temp_folder_is_swept_by_the_next_run(tmp_path, monkeyp
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )])
     assert killed.returncode == -signal.SIGKILL
-    left = list(temp.glob(f"{TEMP_PREFIX}*"))
+    left = list(temp.glob(f"{WORK_PREFIX}*"))
     assert len(left) == 1 and any(left[0].iterdir())  # the half-built tar
     with ShardWriter(str(tmp_path / "live"), 0, run_id="r", workdir=temp):  # a live writer's folder stays
         assert sweep_stale_temp(temp) == 1

@@ -88,6 +88,7 @@ def _describe_on(runtime: Runtime, spec: InpaintSpec, fingerprint: str) -> Descr
 
 class Inpaint(Method[SourceShard, InpaintTask, InpaintResult]):
     name = "inpaint"
+    written_before_start = frozenset({"wardrobe.parquet"})  # the describer's cache, saved as it goes
 
     def __init__(self, spec: InpaintSpec) -> None:
         self.spec = spec

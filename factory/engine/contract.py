@@ -115,6 +115,9 @@ class Method(ABC, Generic[PlanT, TaskT, ResultT]):
     """A way of making samples, plugged into the engine. Subclasses set `name` and `spec`."""
 
     name: ClassVar[str]  # the command's verb, e.g. "generate": names actors and messages
+    # Files (relative to the output) that `prepare` may write before run.json exists, so a
+    # new run's output holding only these is not "another folder's files".
+    written_before_start: ClassVar[frozenset[str]] = frozenset()
     spec: RunSpec
 
     @abstractmethod

@@ -43,24 +43,21 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (images done, images planned this session)
 Phase = Callable[[str], None]  # what the run is doing now, in a few words
 
-# What an attempt that stopped before writing run.json may have left in its output:
-# DLCR's wardrobe, described (and cached there) before the run starts.
-WRITTEN_BEFORE_RUN_JSON = {"wardrobe.parquet"}
-
-
-def existing_run(spec: RunSpec, *, resume: bool) -> bool:
-    """Whether `spec.output` holds a run to resume; refuses what would mix or lose files.
+def existing_run(method: Method, *, resume: bool) -> bool:
+    """Whether the method's output holds a run to resume; refuses what would mix or lose files.
 
     Refused: an existing run without --resume, --resume where there is no run, and a new
-    run in a folder that holds other files. Checked first: it needs no model.
+    run in a folder that holds other files than the method itself writes before run.json.
+    Checked first: it needs no model.
     """
+    spec = method.spec
     storage = storage_for(spec.output)
     try:
         existing = read_run_info(spec.output, storage)
     except RunNotFound:
         if resume:
             raise FactoryError(f"{spec.output}: no run to resume there (no run.json); leave out --resume to start one")
-        _require_no_other_files(spec.output, storage)
+        _require_no_other_files(spec.output, storage, allowed=method.written_before_start)
         return False
     if not resume:
         raise FactoryError(f"{spec.output} already holds run {existing.run_id!r}: add --resume, or choose a new output")
@@ -86,9 +83,9 @@ def uncommit_damaged(output: str) -> list[int]:
     return report.failed_shards()
 
 
-def _require_no_other_files(output: str, storage: Storage) -> None:
+def _require_no_other_files(output: str, storage: Storage, *, allowed: frozenset[str]) -> None:
     base = output.rstrip("/") + "/"
-    others = [o.uri[len(base) :] for o in storage.list(output) if o.uri[len(base) :] not in WRITTEN_BEFORE_RUN_JSON]
+    others = [o.uri[len(base) :] for o in storage.list(output) if o.uri[len(base) :] not in allowed]
     if others:
         shown = ", ".join(others[:3]) + (" …" if len(others) > 3 else "")
         raise FactoryError(
@@ -120,7 +117,7 @@ def run_method(
     if repair and not resume:
         raise FactoryError("--repair mends an existing run: add --resume")
     runtime.check()
-    resuming = existing_run(spec, resume=resume)
+    resuming = existing_run(method, resume=resume)
     phase("checking the spec's inputs and models")
     models = method.check()
     plans = method.plan()
