@@ -195,7 +195,7 @@ def shuffled(part: TrainSet, seed: int) -> TrainSet:
 
 def grey_as_ir(part: TrainSet) -> TrainSet:
     """RGB images turned grey and put in the IR stream: the usual stand-in when a person has no IR."""
-    grey = (part.images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)
+    grey = (np.asarray(part.images).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)
     return replace(part, images=np.repeat(grey[..., None], 3, axis=-1), modalities=["ir"] * len(part))
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.errors import ManifestError, SchemaVersionError
@@ -71,13 +73,23 @@ def encode_fragment(rows: pa.Table, info: ShardInfo) -> bytes:
     return sink.getvalue()
 
 
-def decode_fragment(data: bytes, where: str) -> Fragment:
-    """Parse a fragment; `where` names it in errors."""
+def decode_fragment(data: bytes, where: str, *, columns: Sequence[str] | None = None,
+                    filter: pc.Expression | None = None) -> Fragment:
+    """Parse a fragment; `where` names it in errors.
+
+    `columns` and `filter` are pushed into the Parquet read (only those columns are
+    decoded, row groups the filter rules out are skipped); the table keeps only them.
+    """
     try:
-        table = pq.read_table(io.BytesIO(data))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        meta = parquet.schema_arrow.metadata or {}
+        physical = None
+        if columns is not None:  # version 1 called `size` `nbytes`
+            renamed = {"size": "nbytes"} if meta.get(VERSION_KEY) == b"1" else {}
+            physical = [renamed.get(c, c) for c in columns]
+        table = pq.read_table(io.BytesIO(data), columns=physical, filters=filter)
     except (pa.ArrowInvalid, OSError) as e:
         raise ManifestError(f"{where}: not a readable Parquet fragment ({e})") from None
-    meta = table.schema.metadata or {}
     if VERSION_KEY not in meta:
         raise ManifestError(f"{where}: not a manifest fragment (no {VERSION_KEY.decode()} metadata)")
     version = meta[VERSION_KEY].decode()
@@ -94,6 +106,6 @@ def decode_fragment(data: bytes, where: str) -> Fragment:
         raise ManifestError(f"{where}: unreadable {SHARD_KEY.decode()} metadata ({type(e).__name__}: {e})") from None
     if version == "1":  # the member's byte count was `nbytes`; shard_uri is resolved by the reader either way
         table = table.rename_columns(["size" if name == "nbytes" else name for name in table.column_names])
-    if missing := [f.name for f in SCHEMA if f.name not in table.column_names]:
+    if missing := [f.name for f in SCHEMA if f.name in (columns or SCHEMA.names) and f.name not in table.column_names]:
         raise ManifestError(f"{where}: columns missing: {', '.join(missing)}")
     return Fragment(table=table.replace_schema_metadata(None), info=info)

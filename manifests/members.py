@@ -21,6 +21,13 @@ def decode_rgb(data: bytes) -> Any:
         return image.convert("RGB")
 
 
+def decode_array(data: bytes) -> Any:
+    """The streaming decoder: an RGB image as a uint8 (height, width, 3) numpy array."""
+    import numpy as np
+
+    return np.asarray(decode_rgb(data))
+
+
 def checked_decode(
     data: bytes, sha256: str, decode: Callable[[bytes], Any] = decode_rgb, *, check: bool = True
 ) -> tuple[Any, str | None]:

@@ -6,12 +6,13 @@ boto3 endpoint and credentials it was written with.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from manifests.fragment import Fragment, decode_fragment
@@ -81,20 +82,24 @@ class Run:
         uris = [self.layout.shard_uri(i) for i in self.listing().committed]
         return [self.storage.webdataset_url(uri) for uri in uris] if for_webdataset else uris
 
-    def fragment(self, shard: int) -> Fragment:
-        """Shard `shard`'s fragment, its `shard_uri` resolved against this run (wherever it was written)."""
+    def fragment(self, shard: int, *, columns: Sequence[str] | None = None,
+                 filter: pc.Expression | None = None) -> Fragment:
+        """Shard `shard`'s fragment, its `shard_uri` resolved against this run (wherever it was written);
+        `columns` and `filter` are pushed into the Parquet read."""
         uri = self.layout.fragment_uri(shard)
-        fragment = decode_fragment(self.storage.get_bytes(uri), where=uri)
+        fragment = decode_fragment(self.storage.get_bytes(uri), where=uri, columns=columns, filter=filter)
         table = fragment.table
-        here = pa.array([self.layout.shard_uri(shard)] * table.num_rows, pa.string())
-        table = table.set_column(table.schema.get_field_index("shard_uri"), SCHEMA.field("shard_uri"), here)
+        if "shard_uri" in table.column_names:
+            here = pa.array([self.layout.shard_uri(shard)] * table.num_rows, pa.string())
+            table = table.set_column(table.schema.get_field_index("shard_uri"), SCHEMA.field("shard_uri"), here)
         return Fragment(table=table, info=fragment.info)
 
-    def fragments(self, shards: Iterable[int] | None = None) -> Iterator[Fragment]:
-        """Fragments in shard order (default: every committed shard), fetched concurrently."""
+    def fragments(self, shards: Iterable[int] | None = None, *, columns: Sequence[str] | None = None,
+                  filter: pc.Expression | None = None) -> Iterator[Fragment]:
+        """Fragments in shard order (default: every committed shard), fetched and parsed concurrently."""
         wanted = list(self.listing().committed if shards is None else shards)
         with ThreadPoolExecutor(READ_WORKERS) as pool:
-            yield from pool.map(self.fragment, wanted)
+            yield from pool.map(lambda shard: self.fragment(shard, columns=columns, filter=filter), wanted)
 
     @cached_property
     def _table(self) -> pa.Table:
@@ -105,7 +110,11 @@ class Run:
         """The manifest of every committed shard: one row per image."""
         return self._table
 
-    def dataset(self) -> ds.Dataset:
-        """The manifest table (read whole, in memory) as a pyarrow dataset, for filter expressions:
-        `dataset().to_table(filter=ds.field("modality") == "ir")`."""
-        return ds.dataset(self._table)
+    def dataset(self, *, columns: Sequence[str] | None = None, filter: pc.Expression | None = None) -> ds.Dataset:
+        """The manifest as a pyarrow dataset, read with only `columns` and the rows `filter` keeps
+        (both pushed into each fragment's Parquet read): `dataset(filter=pc.field("modality") == "ir")`."""
+        if columns is None and filter is None:
+            return ds.dataset(self._table)
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        tables = [f.table for f in self.fragments(columns=columns, filter=filter)]
+        return ds.dataset(pa.concat_tables(tables) if tables else schema.empty_table())

@@ -1,88 +1,86 @@
-"""Stream a run (or several) into PyTorch training: `ReidStream` and `pk_batches`.
+"""Stream runs into PyTorch training: `ReidStream` (batches planned from the manifest) and `StreamLoader`.
 
-    from manifests.streaming import ReidStream, Selection, pk_batches
+    from manifests.streaming import ReidStream, Selection, StreamLoader
 
-    stream = ReidStream(["s3://bucket/runs/a"], selection=Selection(modalities=("ir",)), seed=1)
-    loader = DataLoader(stream, num_workers=4, batch_size=None)
+    stream = ReidStream(["s3://bucket/runs/a"], selection=Selection(modalities=("ir",)), pk=(8, 4), seed=1)
+    loader = StreamLoader(stream, num_workers=4, pin_memory=True)
     for epoch in range(epochs):
         stream.set_epoch(epoch)
-        for batch in pk_batches(loader, p=8, k=4, seed=epoch): ...
+        for batch in loader:            # batch["image"]: uint8 (n, H, W, 3); batch["identity"]: (n,)
+            ...
+        checkpoint["data"] = loader.state_dict()   # mid-epoch too: resume with load_state_dict
 
 This module imports torch, so `manifests/__init__.py` does not import it: `import
 manifests` stays free of torch for jobs that only read manifests.
 
-Why the manifest first
-    The manifest already says which image lives in which tar, so the selection
-    (`Selection`: modalities, origins, identities, clothes) is applied to the manifest
-    up front with pyarrow compute. A worker then only opens the tars that hold its
-    samples and skips every other member of the stream without decoding it.
+Planned from the manifest, read by byte range
+    The selection (`Selection`: modalities, origins, identities, clothes) is pushed into
+    the manifest read; the rows it keeps (a pyarrow table, not Python objects, so
+    workers share it cheaply) are all the stream ever reads. Each epoch is planned
+    from those rows alone (`manifests.batching`): which samples form which batch on
+    which rank. A DataLoader worker then reads exactly its batches' members by their
+    manifest offsets (`manifests.ranges`: neighbouring members merged into one read,
+    S3 ranged GETs several at a time, the next batches' reads in flight while this
+    one decodes), decodes them and hands over whole batches, so no tar is parsed and
+    no unselected byte is read.
 
-Equalisation: how the work is split
-    The unit of *reading* is the shard tar (one forward pass through
-    `storage.open_read`, a plain file or a persistent boto3 GET stream), but the unit
-    of *assignment* is the sample (a key: all selected images of one key, e.g. its
-    RGB and IR, travel together). With S slots = DDP world size x DataLoader
-    workers, the selected samples of all runs are put in a seeded permutation that
-    depends only on (seed, epoch), and slot s takes positions s, s+S, s+2S, ... of it.
-    A slot reads only the shards that hold its samples and keeps only its keys.
+Two kinds of batch
+    `batch_size=B` (default 64): every selected sample exactly once per epoch, at most B
+    samples per batch; a sample is one key of one shard with all its selected images
+    (a key's RGB and IR travel together). `pk=(P, K)`: AGW's identity-balanced draw,
+    P identities × K images (of each of `per_modality`, if given), K drawn with
+    replacement; max(images per group) // (P·K) batches per epoch.
 
-    Guarantees, per epoch:
-      * every selected sample is yielded exactly once across all slots (so every
-        selected image row exactly once);
-      * slot sizes differ by at most one sample, so no slot is empty as long as
-        there are at least S selected samples, however few shards there are
-        (a 1-shard run still feeds 8 ranks x 4 workers);
-      * given the runs, the selection and the number of slots, the order is a
-        function of (seed, epoch) alone: same pair, same order; another epoch,
-        another permutation (and another slot assignment).
-    The price of sample-level splitting is that several slots may read the same
-    tar (each skipping the others' members); at the shard level a slot would
-    starve whenever shards < slots. Ranks may still get one sample more than
-    others: with DDP, stop each epoch at a common step count (e.g. the minimum
-    over ranks) if a collective must not hang.
+Ranks, workers and order
+    Ranks (DDP) get whole identities, balanced by size and re-dealt every epoch, and
+    every rank gets the same number of batches (see `manifests.batching`): no rank
+    waits in a collective for a batch another never makes. Worker w of W takes the
+    rank's batches w, w+W, ...; a DataLoader takes one batch per worker in turn, so
+    the batches arrive in plan order. The plan is a function of (runs, selection,
+    seed, epoch, rank, world size) alone: same inputs, same batches, same order.
 
-Order inside a slot
-    Shards are visited in the order their first sample appears in the slot's part of
-    the permutation; inside a shard the slot's samples are buffered (encoded bytes,
-    at most that slot's share of one shard) and emitted in permutation order, so
-    even a single-shard run is shuffled per epoch.
+Resuming mid-epoch
+    `StreamLoader.state_dict()` records the epoch and the next batch's position;
+    `load_state_dict` makes the next iteration start there (the usual torchdata
+    `StatefulDataLoader` contract). Workers are forked per epoch (persistent workers
+    would not see `set_epoch` and are refused).
 
 Damaged bytes
     Every member is checked against its sha256 in the manifest before it is decoded. A
-    member that fails (or does not decode) is skipped with one warning naming its shard,
-    key and member, and counted in the stream's `skipped` (per worker process); with
-    `strict=True` it raises `ManifestError` instead. `check_sha256=False` skips the
-    check (BENCHMARKS.md measures its cost).
-
-Epochs
-    `set_epoch` is read when iteration starts. DataLoader workers are forked per
-    epoch by default, so they see it; with `persistent_workers=True` they would not.
+    member that fails (wrong bytes, a truncated tar, a JPEG that does not decode) is
+    left out of its batch with one warning naming its shard, key and member, and
+    counted in the batch's `damaged`; with `strict=True` it raises `ManifestError`
+    instead. `check_sha256=False` skips the check (BENCHMARKS.md measures its cost).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-import tarfile
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from torch.utils.data import IterableDataset, get_worker_info
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from manifests.batching import ANY, IdentityBatches, deal_identities, shuffled_batches
 from manifests.errors import ManifestError
-from manifests.members import checked_decode, decode_rgb
+from manifests.members import checked_decode, decode_array
+from manifests.ranges import RangeReader
 from manifests.reader import Run
-from manifests.storage import Storage, scheme_of, storage_for
 
 log = logging.getLogger(__name__)
 
-# The manifest columns a streamed item carries (and the sha256 it is checked against).
-_ROW_COLUMNS = ("shard_uri", "key", "member", "identity", "modality", "camera", "origin", "clothes", "sha256")
+# The manifest columns the stream plans with and reads by.
+_ROW_COLUMNS = ("shard_uri", "key", "member", "identity", "modality", "camera", "origin", "clothes",
+                "sha256", "offset", "size")
+# Per-row labels a batch carries as lists (identity and camera_id go as tensors).
+_LIST_COLUMNS = ("key", "member", "modality", "camera", "origin", "clothes", "shard_uri")
 
 
 @dataclass(frozen=True)
@@ -100,82 +98,37 @@ class Selection:
                   "identity": self.identities, "clothes": self.clothes}
         return {column: tuple(values) for column, values in fields.items() if values is not None}
 
-    def apply(self, table: pa.Table) -> pa.Table:
-        """The rows of `table` this selection keeps (pyarrow compute, no Python loop over rows)."""
-        for column, values in self.columns().items():
-            allowed = pa.array(values, type=table.schema.field(column).type)
-            table = table.filter(pc.is_in(table[column], value_set=allowed))
-        return table
+    def expression(self) -> pc.Expression | None:
+        """The selection as a pyarrow filter (pushed into the manifest read), or None for everything."""
+        terms = [pc.field(column).isin(list(values)) for column, values in self.columns().items()]
+        if not terms:
+            return None
+        expression = terms[0]
+        for term in terms[1:]:
+            expression = expression & term
+        return expression
 
     def describe(self) -> str:
         return ", ".join(f"{c} in {list(v)}" for c, v in self.columns().items()) or "everything"
 
 
-@dataclass(frozen=True)
-class ImageRow:
-    """One selected image: where it is in its tar and the labels it is yielded with."""
-
-    member: str
-    identity: int
-    modality: str
-    camera: str
-    origin: str
-    clothes: str | None
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Sample:
-    """The unit of assignment: one key of one shard with its selected images."""
-
-    shard_uri: str
-    key: str
-    rows: tuple[ImageRow, ...]
-
-
-def select_samples(runs: Sequence[str], selection: Selection) -> tuple[list[Sample], list[str]]:
-    """The selected samples of all runs, in manifest order, and every camera name of the runs.
-
-    Raises `RunNotFound` for a URI without a run and `ManifestError` if nothing is selected.
-    """
-    samples: list[Sample] = []
-    cameras: set[str] = set()
+def select_rows(runs: Sequence[str], selection: Selection) -> tuple[pa.Table, list[str]]:
+    """The selected rows of all runs (manifest order, `_ROW_COLUMNS` plus `sample`: one id per
+    (shard, key)) and every camera name of the runs. Raises `RunNotFound` for a URI without a
+    run and `ManifestError` if nothing is selected."""
+    tables, cameras = [], set()
     for uri in runs:
-        table = Run(uri).table()
-        cameras.update(table["camera"].unique().to_pylist())
-        samples.extend(_group_samples(selection.apply(table).select(list(_ROW_COLUMNS))))
-    if not samples:
+        run = Run(uri)
+        cameras.update(run.dataset(columns=["camera"]).to_table()["camera"].unique().to_pylist())
+        tables.append(run.dataset(columns=list(_ROW_COLUMNS), filter=selection.expression()).to_table())
+    rows = pa.concat_tables(tables)
+    if rows.num_rows == 0:
         raise ManifestError(
             f"the selection matches no image in RUNS ({', '.join(runs)}): {selection.describe()}"
         )
-    return samples, sorted(cameras)
-
-
-def _group_samples(table: pa.Table) -> list[Sample]:
-    """Rows grouped by (shard, key), keeping manifest order of keys and of rows within a key."""
-    grouped: dict[tuple[str, str], list[ImageRow]] = {}
-    for row in table.to_pylist():
-        image = ImageRow(row["member"], row["identity"], row["modality"], row["camera"],
-                         row["origin"], row["clothes"], row["sha256"])
-        grouped.setdefault((row["shard_uri"], row["key"]), []).append(image)
-    return [Sample(shard, key, tuple(rows)) for (shard, key), rows in grouped.items()]
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
-    """A permutation of range(n) that depends only on (seed, epoch), on every machine and Python."""
-    order = list(range(n))
-    random.Random(f"reid-stream:{seed}:{epoch}").shuffle(order)
-    return order
-
-
-def assign_slots(n_samples: int, n_slots: int, seed: int, epoch: int) -> list[list[int]]:
-    """Sample indices per slot: slot s takes every S-th position of the epoch's permutation.
-
-    Each index lands in exactly one slot, in permutation order, and slot sizes differ by
-    at most one.
-    """
-    order = epoch_permutation(n_samples, seed, epoch)
-    return [order[slot::n_slots] for slot in range(n_slots)]
+    sample_key = pc.binary_join_element_wise(rows["shard_uri"], rows["key"], "\n")
+    sample = pc.dictionary_encode(sample_key).combine_chunks().indices  # ids in order of first appearance
+    return rows.combine_chunks().append_column("sample", sample.cast(pa.int64())), sorted(cameras)
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -187,73 +140,53 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def current_slot(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(slot, number of slots) of this process: rank-major over DataLoader workers."""
-    if rank is None or world_size is None:
-        env_rank, env_world = distributed_rank()
-        rank = env_rank if rank is None else rank
-        world_size = env_world if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
-    info = get_worker_info()
-    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-    return rank * workers + worker, world_size * workers
-
-
-def shard_plan(samples: Sequence[Sample]) -> list[tuple[str, list[Sample]]]:
-    """A slot's samples grouped by shard; shards in order of their first sample, samples in given order."""
-    by_shard: dict[str, list[Sample]] = {}
-    for sample in samples:
-        by_shard.setdefault(sample.shard_uri, []).append(sample)
-    return list(by_shard.items())
-
-
-def read_members(storage: Storage, shard_uri: str, wanted: set[str]) -> dict[str, bytes]:
-    """The bytes of the `wanted` members of one tar, in one forward pass that stops once all are read."""
-    found: dict[str, bytes] = {}
-    with storage.open_read(shard_uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if member.name in wanted and member.isfile():
-                found[member.name] = tar.extractfile(member).read()
-                if len(found) == len(wanted):
-                    break
-    missing = sorted(wanted - found.keys())
-    if missing:
-        raise ManifestError(f"{shard_uri}: the manifest lists {missing[0]} but the tar lacks it "
-                            f"({len(missing)} member(s) missing)")
-    return found
-
-
 class ReidStream(IterableDataset):
-    """An IterableDataset of selected images of one or more runs; see the module docstring."""
+    """Batches of selected images of one or more runs; see the module docstring.
+
+    `decode` turns a member's bytes into an image (default: uint8 HWC numpy); images of one
+    shape are stacked into one tensor. `read_ahead` batches are read together (their
+    requests merged) while the previous ones decode.
+    """
 
     def __init__(
         self,
         runs: Sequence[str],
         *,
         selection: Selection = Selection(),
+        batch_size: int = 64,
+        pk: tuple[int, int] | None = None,
+        per_modality: tuple[str, ...] | None = None,
         seed: int = 0,
-        decode: Callable[[bytes], Any] | None = None,
+        decode: Callable[[bytes], Any] = decode_array,
         identity_offset: int = 0,
         camera_offset: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
         check_sha256: bool = True,
         strict: bool = False,
+        read_ahead: int = 4,
     ) -> None:
         if isinstance(runs, str):
             runs = [runs]
+        if per_modality is not None and pk is None:
+            raise ValueError("per_modality applies to P×K batches: give pk=(P, K) too")
         self.runs = tuple(runs)
-        self.selection = selection
-        self.seed = seed
-        self.decode = decode or decode_rgb
+        self.selection, self.seed = selection, seed
+        self.batch_size, self.pk, self.per_modality = batch_size, pk, per_modality
+        self.decode = decode
         self.rank, self.world_size = rank, world_size
         self.check_sha256, self.strict = check_sha256, strict
-        self.skipped = 0  # damaged members skipped by this process
-        self.epoch = 0
-        # Plain data only: the stream is pickled into DataLoader workers, which open
-        # their own storage clients (a boto3 client must not cross a fork).
-        self.samples, self.cameras = select_samples(self.runs, selection)
+        self.read_ahead = max(1, read_ahead)
+        self.epoch, self.start_batch = 0, 0
+        # Columns, not Python objects: the stream is pickled into every DataLoader worker.
+        self.rows, self.cameras = select_rows(self.runs, selection)
+        sample = self.rows["sample"].to_numpy()
+        self._identity = self.rows["identity"].to_numpy()
+        self._modality = self.rows["modality"].to_numpy(zero_copy_only=False)
+        # The rows of sample s are _by_sample[_starts[s]:_starts[s + 1]].
+        self._by_sample = np.argsort(sample, kind="stable")
+        self._starts = np.searchsorted(sample[self._by_sample], np.arange(sample.max() + 2))
+        self._plans: dict[tuple[int, int, int], list[np.ndarray]] = {}
         self.relabel(identity_offset=identity_offset, camera_offset=camera_offset)
 
     def relabel(self, *, identity_offset: int, camera_offset: int, cameras: Sequence[str] | None = None) -> None:
@@ -265,118 +198,142 @@ class ReidStream(IterableDataset):
         self.camera_ids = {name: i + camera_offset for i, name in enumerate(cameras or self.cameras)}
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the permutation of the next iteration (call before each epoch)."""
-        self.epoch = epoch
+        """Choose the plan of the next iteration (call before each epoch); it starts at the first batch."""
+        self.epoch, self.start_batch = epoch, 0
 
-    def slot_samples(self, slot: int, n_slots: int) -> list[Sample]:
-        """The samples slot `slot` of `n_slots` yields this epoch, in order."""
-        indices = assign_slots(len(self.samples), n_slots, self.seed, self.epoch)[slot]
-        return [self.samples[i] for i in indices]
+    # -- planning ------------------------------------------------------------------------------
+
+    def rank_and_world(self) -> tuple[int, int]:
+        env_rank, env_world = distributed_rank()
+        rank = env_rank if self.rank is None else self.rank
+        world = env_world if self.world_size is None else self.world_size
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside world size {world}")
+        return rank, world
+
+    def plan(self, epoch: int | None = None, rank: int | None = None, world_size: int | None = None) -> list[np.ndarray]:
+        """Row indices (into `rows`) of each batch rank `rank` reads in `epoch`; defaults: this
+        process's rank and world size, the current epoch."""
+        here, world = self.rank_and_world()
+        key = (self.epoch if epoch is None else epoch, here if rank is None else rank,
+               world if world_size is None else world_size)
+        if key not in self._plans:
+            self._plans = {key: self._make_plan(*key)}  # one epoch at a time is all a process needs
+        return self._plans[key]
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        return len(self.plan())
+
+    def _rows_of(self, samples: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._by_sample[self._starts[s] : self._starts[s + 1]] for s in samples])
+
+    def _make_plan(self, epoch: int, rank: int, world: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch, rank])
+        if self.pk is None:
+            identity_of_sample = self._identity[self._by_sample[self._starts[:-1]]]
+            ids, counts = np.unique(identity_of_sample, return_counts=True)
+            dealt = deal_identities(ids, counts, world, self.seed, epoch)
+            samples = [np.flatnonzero(np.isin(identity_of_sample, mine)) for mine in dealt]
+            return [self._rows_of(batch) for batch in shuffled_batches(samples, self.batch_size, rng, rank)]
+        p, k = self.pk
+        groups = self.per_modality or (ANY,)
+        modality = self._modality if self.per_modality else None
+        in_groups = np.isin(self._modality, groups) if self.per_modality else np.ones(len(self._identity), bool)
+        ids, counts = np.unique(self._identity[in_groups], return_counts=True)
+        dealt = deal_identities(ids, counts, world, self.seed, epoch)
+        samplers = [IdentityBatches(self._identity, modality, p=p, k=k, group_names=groups,
+                                    eligible=np.isin(self._identity, mine)) for mine in dealt]
+        n_batches = min(sampler.natural_batches for sampler in samplers)  # the same count on every rank
+        return [np.concatenate([np.array(drawn[g], dtype=np.int64) for g in groups])
+                for _, drawn in samplers[rank].batches(rng, n_batches)]
+
+    # -- reading -------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        slot, n_slots = current_slot(self.rank, self.world_size)
-        storages: dict[str, Storage] = {}
-        for shard_uri, samples in shard_plan(self.slot_samples(slot, n_slots)):
-            scheme = scheme_of(shard_uri)
-            if scheme not in storages:  # one client per scheme and worker, reused across shards
-                storages[scheme] = storage_for(shard_uri)
-            storage = storages[scheme]
-            wanted = {row.member for sample in samples for row in sample.rows}
-            data = read_members(storage, shard_uri, wanted)
-            for sample in samples:
-                for row in sample.rows:
-                    item = self._item(sample, row, data[row.member])
-                    if item is not None:
-                        yield item
+        rank, world = self.rank_and_world()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan = self.plan(self.epoch, rank, world)
+        positions = list(range(self.start_batch + worker, len(plan), workers))
+        windows = [positions[i : i + self.read_ahead] for i in range(0, len(positions), self.read_ahead)]
+        wanted = [np.unique(np.concatenate([plan[pos] for pos in window])) for window in windows]
+        reader = RangeReader()
+        with ThreadPoolExecutor(1, thread_name_prefix="stream-read") as prefetch:
+            pending: Future | None = prefetch.submit(self._read, reader, wanted[0]) if windows else None
+            for i, window in enumerate(windows):
+                fetched = pending.result()
+                if i + 1 < len(windows):  # the next window's reads run while this one decodes
+                    pending = prefetch.submit(self._read, reader, wanted[i + 1])
+                for pos in window:
+                    batch = self._batch(pos, plan[pos], fetched)
+                    if batch is not None:
+                        yield batch
 
-    def _item(self, sample: Sample, row: ImageRow, data: bytes) -> dict[str, Any] | None:
-        """The yielded item, or None for a damaged member (skipped, or raised with `strict`)."""
-        image, why = checked_decode(data, row.sha256, self.decode, check=self.check_sha256)
-        if why is not None:
-            return self._damaged(sample, row, why)
-        return {
-            "image": image,
-            "identity": row.identity + self.identity_offset,
-            "camera": row.camera,
-            "camera_id": self.camera_ids[row.camera],
-            "modality": row.modality,
-            "key": sample.key,
-            "member": row.member,
-            "origin": row.origin,
-            "clothes": row.clothes,
-            "shard_uri": sample.shard_uri,
-        }
+    def _read(self, reader: RangeReader, rows: np.ndarray) -> dict[int, bytes]:
+        where = self.rows.select(["shard_uri", "offset", "size"]).take(rows).to_pydict()
+        data = reader.read(list(zip(where["shard_uri"], where["offset"], where["size"])))
+        return dict(zip(rows.tolist(), data))
 
-    def _damaged(self, sample: Sample, row: ImageRow, why: str) -> None:
-        message = f"{sample.shard_uri}: key {sample.key} ({row.member}): {why}"
-        if self.strict:
-            raise ManifestError(message)
-        self.skipped += 1
-        log.warning("skipped %s", message)
-        return None
-
-
-def pk_batches(
-    stream_items: Iterable[dict],
-    p: int,
-    k: int,
-    *,
-    per_modality: tuple[str, ...] | None = None,
-    seed: int,
-) -> Iterator[list[dict]]:
-    """Identity-balanced batches: exactly P distinct identities x K images each.
-
-    Items wait in a buffer keyed by identity (and modality with `per_modality`) until at
-    least P identities have K images (K of *each* listed modality, so a batch holds
-    len(per_modality)·P·K items); then P of those identities are drawn with a seeded RNG
-    and their K oldest images (per modality) form the batch. Identities with too few
-    images keep waiting. Items of modalities not in `per_modality` are ignored. At the end
-    of the stream whatever is left in the buffer cannot form a full batch and is dropped:
-    batches are always complete, at the cost of up to (P-1) full identities plus
-    per-identity remainders per epoch.
-
-    The reference trainer's sampler (`factory.reid.sampler.IdentitySampler`) draws K
-    images with replacement from an in-memory pool, as AGW does; a stream cannot go
-    back to an image, so here each image is used once per epoch, as it arrives.
-    """
-    if p < 1 or k < 1:
-        raise ValueError(f"p and k must be positive, got p={p}, k={k}")
-    modalities = tuple(per_modality) if per_modality else (None,)
-    rng = random.Random(f"pk:{seed}")
-    buffer: dict[int, dict[str | None, deque[dict]]] = defaultdict(lambda: defaultdict(deque))
-    ready: set[int] = set()
-
-    def is_ready(identity: int) -> bool:
-        return all(len(buffer[identity][m]) >= k for m in modalities)
-
-    batches = 0
-    for item in stream_items:
-        modality = item["modality"] if per_modality else None
-        if modality not in modalities:
-            continue
-        identity = int(item["identity"])
-        buffer[identity][modality].append(item)
-        if is_ready(identity):
-            ready.add(identity)
-        if len(ready) >= p:
-            batches += 1
-            yield _take_batch(buffer, ready, rng.sample(sorted(ready), p), modalities, k, is_ready)
-    if not batches:  # a silent empty epoch would look like a training loop that does nothing
-        each = f"{k} images of each of {', '.join(per_modality)}" if per_modality else f"{k} images"
-        log.warning(
-            "pk_batches made no batch: a batch needs P=%d identities with %s, and the stream had %d identities, "
-            "%d of them with enough images; lower P or K",
-            p, each, len(buffer), len(ready),
-        )
+    def _batch(self, position: int, rows: np.ndarray, fetched: dict[int, bytes]) -> dict[str, Any] | None:
+        """One batch: damaged members left out (or raised with `strict`); None if nothing is left."""
+        labels = self.rows.take(rows).to_pydict()
+        images, keep, damaged = [], [], 0
+        for j, row in enumerate(rows.tolist()):
+            image, why = checked_decode(fetched[row], labels["sha256"][j], self.decode, check=self.check_sha256)
+            if why is None:
+                images.append(image)
+                keep.append(j)
+                continue
+            message = f"{labels['shard_uri'][j]}: key {labels['key'][j]} ({labels['member'][j]}): {why}"
+            if self.strict:
+                raise ManifestError(message)
+            log.warning("skipped %s", message)
+            damaged += 1
+        if not keep:
+            return None
+        batch: dict[str, Any] = {column: [labels[column][j] for j in keep] for column in _LIST_COLUMNS}
+        batch["image"] = _stack(images)
+        batch["identity"] = torch.tensor([labels["identity"][j] + self.identity_offset for j in keep])
+        batch["camera_id"] = torch.tensor([self.camera_ids[camera] for camera in batch["camera"]])
+        batch.update(epoch=self.epoch, position=position, damaged=damaged)
+        return batch
 
 
-def _take_batch(buffer, ready: set[int], chosen: list[int], modalities, k: int, is_ready) -> list[dict]:
-    """Pop K items per modality of each chosen identity; identities that drop below K leave `ready`."""
-    batch: list[dict] = []
-    for identity in chosen:
-        for modality in modalities:
-            queue = buffer[identity][modality]
-            batch.extend(queue.popleft() for _ in range(k))
-        if not is_ready(identity):
-            ready.discard(identity)
-    return batch
+def _stack(images: list[Any]) -> Any:
+    """One tensor when the decoded images are arrays (or tensors) of one shape, else the list as it is."""
+    if len({getattr(im, "shape", None) for im in images}) == 1:
+        if all(isinstance(im, np.ndarray) for im in images):
+            return torch.from_numpy(np.stack(images))
+        if all(isinstance(im, torch.Tensor) for im in images):
+            return torch.stack(images)
+    return images
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a `ReidStream` (whole batches from its workers) whose place can be saved mid-epoch."""
+
+    def __init__(self, stream: ReidStream, *, num_workers: int = 0, **kwargs: Any) -> None:
+        if kwargs.get("persistent_workers"):
+            raise ValueError("persistent workers would not see set_epoch or load_state_dict: "
+                             "the stream's workers are started per epoch")
+        super().__init__(stream, batch_size=None, num_workers=num_workers, **kwargs)
+        self.stream = stream
+        self._next_batch = stream.start_batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._next_batch = self.stream.start_batch
+        for batch in super().__iter__():
+            self._next_batch = batch["position"] + 1
+            yield batch
+        self.stream.start_batch = 0  # an epoch resumed mid-way ends like any other
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the stream is; after `load_state_dict(state)` the next iteration starts at `next_batch`."""
+        return {"seed": self.stream.seed, "epoch": self.stream.epoch, "next_batch": self._next_batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.stream.seed:
+            raise ValueError(f"the saved position is for seed {state['seed']}; this stream has seed {self.stream.seed}")
+        self.stream.epoch, self.stream.start_batch = state["epoch"], state["next_batch"]
+        self._next_batch = state["next_batch"]

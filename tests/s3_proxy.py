@@ -4,7 +4,8 @@ Every request goes to the real endpoint (moto's server) unless the proxy decides
 it: a 500 with S3's error body, or a connection closed without an answer. Failures are
 drawn from a seeded generator at `failure_rate`, or are total while `outage` is set, so
 the client's real retry and error paths (botocore's and ours) run as against a flaky
-network.
+network. With `cut_bodies=n`, the first n ranged GETs that get an answer announce their
+whole length but send only half of it before the connection closes (a drop mid-transfer).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 
 class FlakyProxy:
-    def __init__(self, upstream: str, failure_rate: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, upstream: str, failure_rate: float = 0.0, seed: int = 0, cut_bodies: int = 0) -> None:
         self.upstream = urlsplit(upstream)
         self.failure_rate = failure_rate
+        self.cut_bodies = cut_bodies
         self.outage = False
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.counts = {"forwarded": 0, "500": 0, "dropped": 0}
+        self.counts = {"forwarded": 0, "500": 0, "dropped": 0, "cut": 0}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,7 +58,12 @@ class FlakyProxy:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "GET" and "Range" in self.headers and len(data) > 1 and proxy._cut():
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
@@ -78,6 +85,13 @@ class FlakyProxy:
                 fault = None
             self.counts[fault or "forwarded"] += 1
             return fault
+
+    def _cut(self) -> bool:
+        with self.lock:
+            if self.counts["cut"] < self.cut_bodies:
+                self.counts["cut"] += 1
+                return True
+            return False
 
     def _forward(self, method: str, path: str, headers, body: bytes):
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)

@@ -143,5 +143,5 @@ def test_a_copied_run_reads_its_own_shards_once_the_original_is_gone(tmp_path):
     assert verify_run(str(copy)).ok()
     from manifests.streaming import ReidStream
 
-    items = list(ReidStream([str(copy)], rank=0, world_size=1))
-    assert len(items) == run.table().num_rows and all(i["shard_uri"].startswith(str(copy)) for i in items)
+    shard_uris = [uri for batch in ReidStream([str(copy)], rank=0, world_size=1) for uri in batch["shard_uri"]]
+    assert len(shard_uris) == run.table().num_rows and all(uri.startswith(str(copy)) for uri in shard_uris)

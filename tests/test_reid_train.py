@@ -99,6 +99,58 @@ def _toy_trainset(n_real: int = 6, n_syn: int = 4, per: int = 3):
                     np.array(syn), [str(i) for i in range(n)], is_variant=np.zeros(n, bool))
 
 
+def test_stored_images_are_read_when_asked_and_match_files_and_members(demo_run):
+    from factory.reid.augment import load_resized
+    from factory.reid.images import resized_decoder
+    from manifests.reader import Run
+
+    splits = load_dataset("world://sysu?identities=4&seed=0")
+    train = splits["train"][:3]
+    ts, _ = build_trainset(train, splits.root, [RunSource(uri=demo_run, modalities=["ir"])], MixSpec(), SIZE)
+    assert ts.images.shape == (3 + 12, *SIZE, 3)
+    picked = ts.images.take([0, 2, 3, 14])
+    assert np.array_equal(picked[0], load_resized(train[0].path, SIZE))
+    assert np.array_equal(picked[1], load_resized(train[2].path, SIZE))
+    rows = Run(demo_run).dataset(columns=["modality", "offset", "size", "shard_uri"]).to_table().to_pylist()
+    ir = [r for r in rows if r["modality"] == "ir"]
+    with open(ir[0]["shard_uri"], "rb") as tar:
+        tar.seek(ir[0]["offset"])
+        first_member = tar.read(ir[0]["size"])
+    assert np.array_equal(picked[2], resized_decoder(SIZE)(first_member))
+    assert np.array_equal(np.asarray(ts.images)[[0, 2, 3, 14]], picked)
+
+
+def test_a_damaged_run_image_stops_training_with_its_name(tmp_path):
+    from factory.errors import FactoryError
+    from manifests.reader import Run
+    from tests.helpers import flip_byte
+
+    uri = str(tmp_path / "run")
+    write_demo_run(uri, shards=1, identities_per_shard=2, images_per_identity=1)
+    row = Run(uri).table().to_pylist()[0]
+    flip_byte(row["shard_uri"], row["offset"] + 40)
+    ts, _ = build_trainset([], None, [RunSource(uri=uri)], MixSpec(), SIZE)
+    with pytest.raises(FactoryError, match=f"000000.tar: the member at byte {row['offset']}: its bytes do not match"):
+        ts.images.take([0])
+
+
+def test_dataloader_workers_train_the_same_model_as_the_training_process(demo_run):
+    import torch
+
+    from factory.reid.spec import ModelSpec, TrainSpec
+    from factory.reid.train import train_model
+
+    splits = load_dataset("world://sysu?identities=6&seed=0")
+    ts, _ = build_trainset(splits["train"], splits.root, [RunSource(uri=demo_run)], MixSpec(), SIZE)
+    model = ModelSpec(arch="agw", preset="tiny", height=SIZE[0], width=SIZE[1])
+    weights = []
+    for workers in (0, 2):
+        train = TrainSpec(epochs=2, p=3, k=2, lr=0.002, batches_per_epoch=3, workers=workers, device="cpu")
+        trained = train_model(ts, model, train, seed=4)
+        weights.append(trained.model.state_dict())
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
 def test_every_batch_is_p_identities_by_k_per_modality():
     ts = _toy_trainset()
     sampler = IdentitySampler(ts, p=4, k=3, seed=1)

@@ -1,4 +1,5 @@
-"""`manifests.streaming`: the selection, the split over ranks x workers, the order, and P x K batches.
+"""`manifests.streaming`: selection, batches planned from the manifest, ranks x workers, order,
+P x K, resuming mid-epoch, and damaged bytes.
 
 Runs are written with `write_demo_run` (RGB + IR per key); images are decoded to a
 sha256 of their bytes so local and S3 can be compared exactly.
@@ -8,17 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import flip_byte
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import get_worker_info
 
+from manifests.batching import deal_identities, shuffled_batches
 from manifests.errors import ManifestError, RunNotFound
 from manifests.reader import Run
-from manifests.streaming import ReidStream, Selection, assign_slots, pk_batches
+from manifests.streaming import ReidStream, Selection, StreamLoader
 from tests.world_run import write_demo_run
 
 
@@ -42,83 +44,104 @@ def run3(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def run1(tmp_path_factory) -> str:
-    """1 shard x 2 identities x 2 keys: 4 samples, fewer shards than 2 ranks x 2 workers."""
-    uri = str(tmp_path_factory.mktemp("streaming") / "run1")
-    write_demo_run(uri, shards=1, identities_per_shard=2, images_per_identity=2)
+def run8(tmp_path_factory) -> str:
+    """4 shards x 4 identities x 4 keys: 16 identities with 4 RGB + 4 IR each."""
+    uri = str(tmp_path_factory.mktemp("streaming") / "run8")
+    write_demo_run(uri, shards=4, identities_per_shard=4, images_per_identity=4)
     return uri
 
 
-def rows(items) -> Counter:
-    return Counter((item["key"], item["modality"], item["image"]) for item in items)
+def images(batches) -> Counter:
+    return Counter((key, modality, image) for b in batches
+                   for key, modality, image in zip(b["key"], b["modality"], b["image"]))
 
 
 def test_local_and_s3_stream_the_same_images(tmp_path, bucket):
     local, s3 = str(tmp_path / "run"), f"s3://{bucket}/prefix/run"
     for uri in (local, s3):
         write_demo_run(uri, shards=2, identities_per_shard=2, images_per_identity=1)
-    from_local = rows(ReidStream([local], seed=3, decode=sha))
-    from_s3 = rows(ReidStream([s3], seed=3, decode=sha))
+    from_local = images(ReidStream([local], seed=3, decode=sha, batch_size=2))
+    from_s3 = images(ReidStream([s3], seed=3, decode=sha, batch_size=2))
     assert from_local == from_s3
-    assert sum(from_local.values()) == 2 * 2 * 1 * 2
-    assert all(n == 1 for n in from_local.values())
+    assert sum(from_local.values()) == 2 * 2 * 1 * 2 and set(from_local.values()) == {1}
+
+
+def test_a_ranged_get_cut_mid_body_is_asked_again_from_the_first_missing_byte(tmp_path, s3_env, bucket,
+                                                                              monkeypatch, caplog):
+    from s3_proxy import FlakyProxy
+
+    uri = f"s3://{bucket}/cut/run"
+    write_demo_run(uri, shards=2, identities_per_shard=2, images_per_identity=2)
+    expected = images(ReidStream([uri], decode=sha))
+    with FlakyProxy(s3_env, cut_bodies=3) as proxy, caplog.at_level(logging.WARNING, logger="manifests.storage.s3"):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        got = images(ReidStream([uri], decode=sha, batch_size=3))
+    assert got == expected and proxy.counts["cut"] == 3
+    dropped = [r.getMessage() for r in caplog.records if "connection dropped after" in r.getMessage()]
+    assert len(dropped) == 3 and "asking for the rest" in dropped[0]
 
 
 def test_manifest_hashes_match_streamed_bytes(run3):
-    from manifests.reader import Run
-
     table = Run(run3).table()
     expected = Counter(zip(table["key"].to_pylist(), table["modality"].to_pylist(), table["sha256"].to_pylist()))
-    assert rows(ReidStream([run3], decode=sha)) == expected
+    assert images(ReidStream([run3], decode=sha, batch_size=5)) == expected
 
 
-def test_two_ranks_two_workers_cover_every_sample_once_and_none_is_empty(run1):
+def test_default_batches_stack_uint8_images_with_their_labels(run3):
+    [first, *_] = ReidStream([run3], batch_size=4, camera_offset=10)
+    assert tuple(first["image"].shape) == (8, 128, 64, 3) and str(first["image"].dtype) == "torch.uint8"
+    assert first["identity"].shape == (8,) and set(first["camera_id"].tolist()) <= {10, 11}
+    assert first["key"][0] == first["key"][1] and {first["modality"][0], first["modality"][1]} == {"rgb", "ir"}
+    assert first["position"] == 0 and first["damaged"] == 0
+
+
+def test_two_ranks_two_workers_read_every_image_once_in_equal_batch_counts(run8):
     seen: Counter = Counter()
-    slots: Counter = Counter()
+    per_rank: dict[int, list[int]] = {}
+    workers: Counter = Counter()
+    identities_of_rank: dict[int, set] = {}
     for rank in range(2):
-        stream = ReidStream([run1], seed=7, decode=worker_and_sha, rank=rank, world_size=2)
+        stream = ReidStream([run8], seed=7, decode=worker_and_sha, rank=rank, world_size=2, batch_size=5)
         stream.set_epoch(1)
-        for item in DataLoader(stream, num_workers=2, batch_size=None):
-            worker, digest = item["image"]
-            seen[(item["key"], item["modality"], digest)] += 1
-            slots[(rank, worker)] += 1
-    assert seen == rows(ReidStream([run1], decode=sha))  # every image row, exactly once
-    assert set(slots) == {(r, w) for r in range(2) for w in range(2)}  # 1 shard, 4 slots, none empty
-    assert set(slots.values()) == {2}  # one key (rgb + ir) each
+        batches = list(StreamLoader(stream, num_workers=2))
+        per_rank[rank] = [b["position"] for b in batches]
+        identities_of_rank[rank] = {int(i) for b in batches for i in b["identity"]}
+        for b in batches:
+            for key, modality, (worker, digest) in zip(b["key"], b["modality"], b["image"]):
+                seen[(key, modality, digest)] += 1
+                workers[(rank, worker)] += 1
+    assert seen == images(ReidStream([run8], decode=sha))  # every image row, exactly once
+    assert per_rank[0] == per_rank[1] == list(range(len(per_rank[0])))  # same count, plan order
+    assert set(workers) == {(r, w) for r in range(2) for w in range(2)}
+    assert not identities_of_rank[0] & identities_of_rank[1]  # whole identities per rank
 
 
-@pytest.mark.parametrize("epoch", [0, 1, 5])
-def test_slots_partition_the_samples_and_differ_by_at_most_one(run3, epoch):
-    stream = ReidStream([run3], seed=1)
-    stream.set_epoch(epoch)
-    parts = [[s.key for s in stream.slot_samples(slot, 5)] for slot in range(5)]
-    keys = [key for part in parts for key in part]
-    assert sorted(keys) == sorted(s.key for s in stream.samples)
-    assert len(keys) == len(set(keys))
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+def test_pk_batches_under_ddp_are_full_on_every_rank(run8):
+    """World size 2, K = 4: each rank's batches hold P identities x K of each modality, all its own."""
+    counts, owned = [], []
+    for rank in range(2):
+        stream = ReidStream([run8], pk=(2, 4), per_modality=("rgb", "ir"), decode=sha, rank=rank, world_size=2)
+        batches = list(StreamLoader(stream, num_workers=2))
+        counts.append(len(batches))
+        owned.append({int(i) for b in batches for i in b["identity"]})
+        for b in batches:
+            per = Counter(zip(b["identity"].tolist(), b["modality"]))
+            assert len({i for i, _ in per}) == 2 and set(per.values()) == {4}
+            assert b["modality"] == ["rgb"] * 8 + ["ir"] * 8
+    assert counts[0] == counts[1] >= 1
+    assert not owned[0] & owned[1]
 
 
-def test_simulated_slots_stream_disjoint_keys(run3):
-    """4 ranks without workers: each iterates only its own keys, all keys once."""
-    per_rank = [[i["key"] for i in ReidStream([run3], seed=2, decode=sha, rank=r, world_size=4)]
-                for r in range(4)]
-    keys = [k for part in per_rank for k in part]
-    assert Counter(keys) == Counter({k: 2 for k in set(keys)})  # rgb + ir of each key
-    assert len(set(keys)) == 12 and all(per_rank)
-
-
-def test_assign_slots_is_balanced_for_any_size():
-    for n, slots in [(0, 3), (1, 4), (7, 3), (100, 8)]:
-        parts = assign_slots(n, slots, seed=0, epoch=0)
-        assert sorted(i for p in parts for i in p) == list(range(n))
-        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+def test_pk_batches_need_p_identities_per_rank(run3):
+    with pytest.raises(ManifestError, match="only 3 identities have images in rgb and ir .* P = 4"):
+        ReidStream([run3], pk=(4, 2), per_modality=("rgb", "ir"), rank=0, world_size=2).plan()
 
 
 def test_order_depends_on_seed_and_epoch_only(run3):
     def order(seed: int, epoch: int) -> list[tuple[str, str]]:
-        stream = ReidStream([run3], seed=seed, decode=len)
+        stream = ReidStream([run3], seed=seed, decode=len, batch_size=3)
         stream.set_epoch(epoch)
-        return [(i["key"], i["modality"]) for i in stream]
+        return [(k, m) for b in StreamLoader(stream, num_workers=2) for k, m in zip(b["key"], b["modality"])]
 
     assert order(4, 2) == order(4, 2)
     assert order(4, 2) != order(4, 3)
@@ -126,18 +149,51 @@ def test_order_depends_on_seed_and_epoch_only(run3):
     assert sorted(order(4, 2)) == sorted(order(4, 3))
 
 
-def test_selection_filters_rows(run3):
-    ir = list(ReidStream([run3], selection=Selection(modalities=("ir",)), decode=len))
-    assert len(ir) == 12 and {i["modality"] for i in ir} == {"ir"}
-    some = list(ReidStream([run3], selection=Selection(identities=(1, 4)), decode=len, identity_offset=100))
-    assert {i["identity"] for i in some} == {101, 104} and len(some) == 8
-    assert {i["origin"] for i in some} == {"synthetic"}
+def test_resuming_mid_epoch_continues_where_the_loader_stopped(run8):
+    def stream() -> ReidStream:
+        return ReidStream([run8], seed=5, decode=sha, batch_size=6)
+
+    full = stream()
+    full.set_epoch(3)
+    everything = [b["key"] for b in StreamLoader(full, num_workers=2)]
+    first = stream()
+    first.set_epoch(3)
+    loader = StreamLoader(first, num_workers=2)
+    seen = []
+    for batch in loader:
+        seen.append(batch["key"])
+        if len(seen) == 3:
+            break
+    state = loader.state_dict()
+    assert state == {"seed": 5, "epoch": 3, "next_batch": 3}
+    resumed = StreamLoader(stream(), num_workers=2)
+    resumed.load_state_dict(state)
+    rest = [b["key"] for b in resumed]
+    assert seen + rest == everything
+    assert resumed.stream.start_batch == 0  # the next epoch starts from its beginning
+    with pytest.raises(ValueError, match="seed 5"):
+        StreamLoader(ReidStream([run8], seed=6)).load_state_dict(state)
 
 
-def test_default_decode_gives_rgb_images_with_labels(run1):
-    item = next(iter(ReidStream([run1], camera_offset=10)))
-    assert item["image"].mode == "RGB" and item["image"].size == (64, 128)
-    assert item["camera_id"] in (10, 11) and isinstance(item["camera"], str)
+def test_selection_is_pushed_into_the_manifest_read(run3):
+    ir = ReidStream([run3], selection=Selection(modalities=("ir",)), decode=len, batch_size=100)
+    assert ir.rows.num_rows == 12 and set(ir.rows["modality"].to_pylist()) == {"ir"}
+    some = ReidStream([run3], selection=Selection(identities=(1, 4)), decode=len, identity_offset=100)
+    [batch] = list(some)
+    assert set(batch["identity"].tolist()) == {101, 104} and len(batch["key"]) == 8
+    assert set(batch["origin"]) == {"synthetic"}
+
+
+def test_only_the_selected_members_are_read(run3, monkeypatch):
+    from manifests.ranges import RangeReader
+
+    asked: list[tuple[str, int, int]] = []
+    real_read = RangeReader.read
+    monkeypatch.setattr(RangeReader, "read", lambda self, requests: asked.extend(requests) or real_read(self, requests))
+    list(ReidStream([run3], selection=Selection(identities=(2,), modalities=("ir",)), decode=len))
+    table = Run(run3).table().to_pylist()
+    wanted = {(r["shard_uri"], r["offset"], r["size"]) for r in table if r["identity"] == 2 and r["modality"] == "ir"}
+    assert set(asked) == wanted and len(asked) == 2
 
 
 def test_selection_matching_nothing_is_one_line_error(run3):
@@ -151,72 +207,57 @@ def test_missing_run_is_run_not_found(tmp_path):
         ReidStream([str(tmp_path / "no-run-here")])
 
 
-def test_pk_batches_from_a_stream(run3):
-    stream = ReidStream([run3], seed=0, decode=len)
-    batches = list(pk_batches(stream, p=2, k=2, per_modality=("rgb", "ir"), seed=0))
-    assert len(batches) == 3  # 6 identities, each exactly 2 rgb + 2 ir
-    for batch in batches:
-        assert len(batch) == 2 * 2 * 2
-        per_identity = Counter((i["identity"], i["modality"]) for i in batch)
-        assert len({identity for identity, _ in per_identity}) == 2
-        assert set(per_identity.values()) == {2}
+def test_persistent_workers_are_refused(run3):
+    with pytest.raises(ValueError, match="persistent workers"):
+        StreamLoader(ReidStream([run3]), num_workers=2, persistent_workers=True)
 
 
-def test_pk_batches_hold_p_identities_times_k_and_drop_leftovers():
-    rng = random.Random(0)
-    items = [{"identity": rng.randrange(20), "modality": rng.choice(["rgb", "ir"]), "n": n} for n in range(600)]
-    for per_modality, per_batch in [(None, 4 * 3), (("rgb", "ir"), 2 * 4 * 3)]:
-        batches = list(pk_batches(items, 4, 3, per_modality=per_modality, seed=1))
-        assert batches
-        used = [i["n"] for b in batches for i in b]
-        assert len(used) == len(set(used))  # no item twice
-        for batch in batches:
-            assert len(batch) == per_batch
-            identities = Counter(i["identity"] for i in batch)
-            assert len(identities) == 4 and set(identities.values()) == {per_batch // 4}
-            if per_modality:
-                assert set(Counter((i["identity"], i["modality"]) for i in batch).values()) == {3}
-    assert list(pk_batches(items[:5], 4, 3, seed=0)) == []  # too few for one full batch: dropped
+def test_deal_identities_balances_whole_identities():
+    ids = np.arange(10)
+    weights = np.array([9, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    dealt = deal_identities(ids, weights, 2, seed=0, epoch=0)
+    assert sorted(np.concatenate(dealt).tolist()) == ids.tolist()
+    loads = [int(weights[d].sum()) for d in dealt]
+    assert sorted(loads) == [9, 9]
+    assert [d.tolist() for d in deal_identities(ids, weights, 2, seed=0, epoch=0)] == [d.tolist() for d in dealt]
+    with pytest.raises(ManifestError, match="3 identities cannot be split over 4 ranks"):
+        deal_identities(np.arange(3), np.ones(3), 4, seed=0, epoch=0)
 
 
-def test_a_damaged_member_is_skipped_with_one_warning_or_raised_when_strict(tmp_path, caplog):
+def test_shuffled_batches_give_every_rank_the_same_count_and_each_sample_once():
+    ranks = [np.arange(0, 130), np.arange(130, 230)]
+    per_rank = [shuffled_batches(ranks, 64, np.random.default_rng(r), r) for r in range(2)]
+    assert [len(b) for b in per_rank] == [3, 3]
+    for rank, batches in enumerate(per_rank):
+        assert sorted(np.concatenate(batches).tolist()) == ranks[rank].tolist()
+        assert max(map(len, batches)) <= 64
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "garbage", "truncated tar"])
+def test_a_damaged_member_is_skipped_with_one_warning_or_raised_when_strict(tmp_path, caplog, damage):
     uri = str(tmp_path / "run")
     write_demo_run(uri, shards=1, identities_per_shard=2, images_per_identity=2)
-    row = Run(uri).table().slice(0, 1).to_pylist()[0]
-    flip_byte(row["shard_uri"], row["offset"] + row["size"] // 2)  # real corrupted bytes in the tar
-
-    stream = ReidStream([uri], rank=0, world_size=1)
-    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
-        items = list(stream)
-    assert len(items) == 2 * 2 * 2 - 1 and stream.skipped == 1
-    assert row["member"] not in {i["member"] for i in items}
-    [warning] = [r.getMessage() for r in caplog.records]
-    assert warning == f"skipped {row['shard_uri']}: key {row['key']} ({row['member']}): " \
-                      "its bytes do not match the manifest's sha256"
-    with pytest.raises(ManifestError, match=f"key {row['key']} .*sha256"):
-        list(ReidStream([uri], rank=0, world_size=1, strict=True))
-    # a flipped byte still decodes, silently damaged: only the check catches it
-    assert len(list(ReidStream([uri], rank=0, world_size=1, check_sha256=False))) == 2 * 2 * 2
-    # a member that is garbage does not decode: one named member skipped, not a raw PIL error
+    table = Run(uri).table().to_pylist()
+    row = max(table, key=lambda r: r["offset"]) if damage == "truncated tar" else table[0]
     tar = Path(row["shard_uri"])
-    data = bytearray(tar.read_bytes())
-    data[row["offset"] : row["offset"] + row["size"]] = b"\x00" * row["size"]
-    tar.write_bytes(bytes(data))
-    unchecked = ReidStream([uri], rank=0, world_size=1, check_sha256=False)
-    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
-        assert len(list(unchecked)) == 2 * 2 * 2 - 1 and unchecked.skipped == 1
-    assert f"key {row['key']} ({row['member']}): it does not decode" in caplog.records[-1].getMessage()
+    if damage == "flipped byte":
+        flip_byte(row["shard_uri"], row["offset"] + row["size"] // 2)  # still decodes: only the sha256 sees it
+    elif damage == "garbage":
+        data = bytearray(tar.read_bytes())
+        data[row["offset"] : row["offset"] + row["size"]] = b"\x00" * row["size"]
+        tar.write_bytes(bytes(data))
+    else:
+        tar.write_bytes(tar.read_bytes()[: row["offset"] + row["size"] // 2])
 
-
-def test_pk_batches_say_so_when_p_can_never_be_met(run3, caplog):
-    """run3 has 6 identities: P = 8 makes no batch, and the epoch must not end in silence."""
-    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
-        assert list(pk_batches(ReidStream([run3], decode=sha), p=8, k=2, seed=0)) == []
-    assert caplog.records[-1].getMessage() == (
-        "pk_batches made no batch: a batch needs P=8 identities with 2 images, and the stream had 6 identities, "
-        "6 of them with enough images; lower P or K"
-    )
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):
-        assert len(list(pk_batches(ReidStream([run3], decode=sha), p=4, k=2, seed=0))) >= 1
-    assert not caplog.records
+    stream = ReidStream([uri], rank=0, world_size=1, batch_size=3)
+    with caplog.at_level(logging.WARNING, logger="manifests.streaming"):  # in this process, so caplog sees it
+        batches = list(stream)
+    assert sum(len(b["key"]) for b in batches) == 2 * 2 * 2 - 1 and sum(b["damaged"] for b in batches) == 1
+    assert (row["key"], row["member"]) not in {km for b in batches for km in zip(b["key"], b["member"])}
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"skipped {row['shard_uri']}: key {row['key']} ({row['member']}): ")
+    with pytest.raises(ManifestError, match=f"key {row['key']} "):
+        list(ReidStream([uri], rank=0, world_size=1, strict=True))
+    unchecked = list(ReidStream([uri], rank=0, world_size=1, check_sha256=False, batch_size=100))
+    flipped_still_decodes = damage == "flipped byte"
+    assert len(unchecked[0]["key"]) == 2 * 2 * 2 - (0 if flipped_still_decodes else 1)

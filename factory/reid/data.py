@@ -1,9 +1,10 @@
-"""The training set of `factory train-reid`: real images plus identities streamed from runs.
+"""The training set of `factory train-reid`: real images plus identities selected from runs.
 
-Real records come from `factory.datasets`; run images come through
-`manifests.streaming.ReidStream` (one pass over the shards, local or S3). Both are
-decoded, resized to the training size once and kept in memory as uint8 (a 288×144
-image is 124 kB, so 100k images take about 12 GB); the sampler then draws from them.
+Real records come from `factory.datasets`; run images are selected from their runs'
+manifests (`manifests.streaming.select_rows`: the selection pushed into the manifest
+read). Neither is read here: the set holds each image's location (a file, or a byte
+range of a shard tar) and its labels, and `StoredImages` reads and resizes a batch's
+images when the trainer asks for them, so memory does not grow with the runs.
 
 Namespaces (docs/METHODS.md §6.6): real images keep their dataset pid and camera; run
 identity i becomes class `identity_offset + i` and the runs' cameras get new ids from
@@ -17,20 +18,19 @@ image in `parent` and is attached to it, drawn by the DLCR batch rule (`sampler.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import pyarrow as pa
 
 from factory.datasets.records import Record
 from factory.errors import FactoryError
-from factory.reid.augment import load_resized
+from factory.reid.images import LOCATION, WHOLE_FILE, StoredImages
 from factory.reid.spec import MixSpec, RunSource
 from manifests.reader import Run
-from manifests.streaming import ReidStream, Selection
+from manifests.streaming import Selection, select_rows
 
 
 class ReidDataError(FactoryError):
@@ -39,9 +39,12 @@ class ReidDataError(FactoryError):
 
 @dataclass
 class TrainSet:
-    """Images (N, H, W, 3) uint8 with their labels; `variants[i]` = indices of image i's generated variants."""
+    """Images (N, H, W, 3) uint8 with their labels; `variants[i]` = indices of image i's generated variants.
 
-    images: np.ndarray
+    `images` is an array in memory (renders, tests) or `StoredImages`, read per batch.
+    """
+
+    images: np.ndarray | StoredImages
     labels: np.ndarray  # class ids: real pid, or identity_offset + run identity
     cameras: np.ndarray
     modalities: list[str]
@@ -68,28 +71,33 @@ class TrainSet:
 
 @dataclass
 class _Part:
-    images: list[np.ndarray] = field(default_factory=list)
+    """Labels and locations of some images: `uri` a file (offset WHOLE_FILE) or a shard tar."""
+
+    uris: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    sha256: list[str | None] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     cameras: list[int] = field(default_factory=list)
     modalities: list[str] = field(default_factory=list)
     clothes: list[str | None] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return len(self.uris)
 
-def _decoder(size: tuple[int, int]):
-    h, w = size
-
-    def decode(data: bytes) -> np.ndarray:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.uint8)
-
-    return decode
+    def locations(self) -> pa.Table:
+        return pa.table({"uri": self.uris, "offset": self.offsets, "size": self.sizes, "sha256": self.sha256},
+                        schema=LOCATION)
 
 
-def real_part(records: Sequence[Record], root: Path, size: tuple[int, int]) -> _Part:
+def real_part(records: Sequence[Record], root: Path) -> _Part:
     part = _Part()
     for r in records:
-        part.images.append(load_resized(r.path, size))
+        part.uris.append(str(r.path))
+        part.offsets.append(WHOLE_FILE)
+        part.sizes.append(0)
+        part.sha256.append(None)
         part.labels.append(r.identity)
         part.cameras.append(r.camera)
         part.modalities.append(r.modality)
@@ -136,49 +144,49 @@ def resolve_offsets(
 
 
 def run_part(
-    sources: Sequence[RunSource], mix: MixSpec, real_pids: set[int], real_cameras: set[int], size: tuple[int, int]
+    sources: Sequence[RunSource], mix: MixSpec, real_pids: set[int], real_cameras: set[int]
 ) -> tuple[_Part, int, int]:
-    """Every selected image of the runs, relabelled into the synthetic namespace."""
-    streams = [ReidStream([s.uri], selection=_selection(s), decode=_decoder(size), rank=0, world_size=1) for s in sources]
-    run_pids = {row.identity for st in streams for sample in st.samples for row in sample.rows}
-    camera_names = sorted(set().union(*(st.cameras for st in streams)))
+    """Every selected image of the runs (manifest order), relabelled into the synthetic namespace."""
+    selected = [select_rows([s.uri], _selection(s)) for s in sources]
+    run_pids = {pid for rows, _ in selected for pid in rows["identity"].unique().to_pylist()}
+    camera_names = sorted(set().union(*(cameras for _, cameras in selected)))
     id_offset, cam_offset = resolve_offsets(mix, real_pids, real_cameras, run_pids, camera_names)
+    camera_ids = {name: i + cam_offset for i, name in enumerate(camera_names)}
     part = _Part()
-    for stream in streams:
-        stream.relabel(identity_offset=id_offset, camera_offset=cam_offset, cameras=camera_names)
-        for item in stream:
-            part.images.append(item["image"])
-            part.labels.append(item["identity"])
-            part.cameras.append(item["camera_id"])
-            part.modalities.append(item["modality"])
-            part.clothes.append(None if item["clothes"] is None else f"syn:{item['clothes']}")
-            part.names.append(f"{item['shard_uri']}#{item['member']}")
+    for rows, _ in selected:
+        table = rows.to_pydict()
+        part.uris += table["shard_uri"]
+        part.offsets += table["offset"]
+        part.sizes += table["size"]
+        part.sha256 += table["sha256"]
+        part.labels += [pid + id_offset for pid in table["identity"]]
+        part.cameras += [camera_ids[c] for c in table["camera"]]
+        part.modalities += table["modality"]
+        part.clothes += [None if c is None else f"syn:{c}" for c in table["clothes"]]
+        part.names += [f"{uri}#{member}" for uri, member in zip(table["shard_uri"], table["member"])]
     return part, id_offset, cam_offset
 
 
-def variant_part(uri: str, names: Sequence[str], size: tuple[int, int]) -> tuple[_Part, list[int]]:
+def variant_part(uri: str, names: Sequence[str]) -> tuple[_Part, list[int]]:
     """The images of an inpaint run whose `parent` is one of `names`, and each one's parent index.
 
     Variants are ordered by (parent, shard, member), so "variant v of image i" is the
     same image on every run; labels are the parent's (filled in by the caller).
     """
     index = {name: i for i, name in enumerate(names)}
-    rows = Run(uri).table().select(["shard_uri", "member", "parent"]).to_pylist()
-    parent_of = {(r["shard_uri"], r["member"]): _parent_name(r["parent"]) for r in rows if r["parent"]}
-    if not any(p in index for p in parent_of.values()):
-        example = next(iter(parent_of.values()), None)
+    columns = ["shard_uri", "member", "parent", "offset", "size", "sha256"]
+    rows = Run(uri).dataset(columns=columns).to_table().to_pylist()
+    found = sorted((_parent_name(r["parent"]), r["shard_uri"], r["member"], r["offset"], r["size"], r["sha256"])
+                   for r in rows if r["parent"] and _parent_name(r["parent"]) in index)
+    if not found:
+        example = next((r["parent"] for r in rows if r["parent"]), None)
         raise ReidDataError(
             f"{uri}: none of its {len(rows)} images names a training image as parent "
             f"(e.g. {example!r}; training images are named like {names[0]!r})"
             if names else f"{uri}: variants need real training images to attach to (data.use_real)"
         )
-    found = []
-    for item in ReidStream([uri], decode=_decoder(size), rank=0, world_size=1):
-        parent = parent_of.get((item["shard_uri"], item["member"]))
-        if parent in index:
-            found.append((parent, item["shard_uri"], item["member"], item["image"]))
-    found.sort(key=lambda f: f[:3])
-    part = _Part(images=[f[3] for f in found], names=[f"{f[1]}#{f[2]}" for f in found])
+    part = _Part(uris=[f[1] for f in found], offsets=[f[3] for f in found], sizes=[f[4] for f in found],
+                 sha256=[f[5] for f in found], names=[f"{f[1]}#{f[2]}" for f in found])
     return part, [index[f[0]] for f in found]
 
 
@@ -196,32 +204,31 @@ def build_trainset(
     variants_uri: str | None = None,
 ) -> tuple[TrainSet, dict[str, int]]:
     """Real + run images in one set; returns it and the namespaces used (`identity_offset`, `camera_offset`)."""
-    real = real_part(real_records, root or Path("."), size)
+    real = real_part(real_records, root or Path("."))
     parts = [real]
     offsets = {}
     if sources:
-        runs, id_offset, cam_offset = run_part(sources, mix, set(real.labels), set(real.cameras), size)
+        runs, id_offset, cam_offset = run_part(sources, mix, set(real.labels), set(real.cameras))
         parts.append(runs)
         offsets = {"identity_offset": id_offset, "camera_offset": cam_offset}
-    n_base = sum(len(p.labels) for p in parts)
+    n_base = sum(len(p) for p in parts)
     owners: list[int] = []
     if variants_uri is not None:
-        variants, owners = variant_part(variants_uri, real.names, size)
+        variants, owners = variant_part(variants_uri, real.names)
         variants.labels = [real.labels[i] for i in owners]
         variants.cameras = [real.cameras[i] for i in owners]
         variants.modalities = [real.modalities[i] for i in owners]
         variants.clothes = [None] * len(owners)  # a variant's outfit is not a training clothes class
         parts.append(variants)
-    images = [im for p in parts for im in p.images]
-    if not images:
+    if n_base == 0:
         raise ReidDataError("the training set is empty: no real training images and no run images")
     trainset = TrainSet(
-        images=np.stack(images),
+        images=StoredImages(pa.concat_tables([p.locations() for p in parts]), size),
         labels=np.array([x for p in parts for x in p.labels], dtype=np.int64),
         cameras=np.array([x for p in parts for x in p.cameras], dtype=np.int64),
         modalities=[x for p in parts for x in p.modalities],
         clothes=[x for p in parts for x in p.clothes],
-        synthetic=np.array([False] * len(real.labels) + [True] * (n_base - len(real.labels)) + [False] * len(owners)),
+        synthetic=np.array([False] * len(real) + [True] * (n_base - len(real)) + [False] * len(owners)),
         names=[x for p in parts for x in p.names],
         is_variant=np.array([False] * n_base + [True] * len(owners)),
     )
@@ -233,8 +240,10 @@ def build_trainset(
 def concat_trainsets(*parts: TrainSet) -> TrainSet:
     """One training set of several, in order (variant indices shifted along)."""
     starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    stored = all(isinstance(p.images, StoredImages) for p in parts)
     return TrainSet(
-        images=np.concatenate([p.images for p in parts]),
+        images=StoredImages.concat([p.images for p in parts], parts[0].images.size) if stored
+        else np.concatenate([np.asarray(p.images) for p in parts]),
         labels=np.concatenate([p.labels for p in parts]),
         cameras=np.concatenate([p.cameras for p in parts]),
         modalities=[x for p in parts for x in p.modalities],

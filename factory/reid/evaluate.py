@@ -29,6 +29,7 @@ from factory.evaluation import (
     same_pid_same_cam,
 )
 from factory.reid.data import relative_name, variant_part
+from factory.reid.images import StoredImages
 from factory.reid.refine import refine_similarity
 from factory.reid.spec import EvaluationSpec, RefinementSpec
 from factory.reid.train import ReidModel, extract, extract_images
@@ -86,8 +87,8 @@ def refined_scores(model, splits: Splits, split: str, query: FeatureSet, gallery
                    size: tuple[int, int], refinement: RefinementSpec):
     """DLCR refinement of `query` against `gallery`, the variants read from `refinement.uri`."""
     names = [relative_name(r.path, splits.root) for r in splits[split]]
-    part, owners = variant_part(refinement.uri, names, size)
-    feats = extract_images(model, np.stack(part.images), "rgb")
+    part, owners = variant_part(refinement.uri, names)
+    feats = extract_images(model, StoredImages(part.locations(), size).take(np.arange(len(part))), "rgb")
     per_query: dict[int, list[int]] = {}
     for j, owner in enumerate(owners):
         per_query.setdefault(owner, []).append(j)

@@ -13,8 +13,8 @@ DLCR (§3.5): each real image of the batch brings one generated variant of itsel
 V variants may be drawn, p(e) growing 0.25 → 0.5 → 0.75 → 1 at the epoch thresholds.
 
 Every draw comes from a generator seeded by (seed, epoch): same pair, same batches.
-Training jobs that stream runs instead of holding them in memory batch with
-`manifests.streaming.pk_batches`, which takes each streamed image once.
+The P×K draw itself is `manifests.batching.IdentityBatches`, the one the streaming
+loader plans its P×K batches with; this class adds the synthetic share and variants.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from factory.reid.data import ReidDataError, TrainSet
+from manifests.batching import ANY, IdentityBatches, NotEnoughIdentities
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def usable_variants(n_variants: int, fraction: float) -> int:
     return max(1, int(np.floor(n_variants * fraction + 1e-9)))
 
 
-class IdentitySampler:
+class IdentitySampler(IdentityBatches):
     """Batches of P identities × K images per modality from a TrainSet; see the module docstring."""
 
     def __init__(
@@ -61,25 +62,17 @@ class IdentitySampler:
         seed: int = 0,
         batches_per_epoch: int | None = None,
     ) -> None:
-        self.trainset, self.p, self.k, self.seed = trainset, p, k, seed
-        self.modalities = modalities
+        self.trainset, self.seed, self.modalities = trainset, seed, modalities
         self.synthetic_share = synthetic_share
-        groups = modalities or ("any",)
-        pools: dict[int, dict[str, list[int]]] = {}
-        for i in np.flatnonzero(~trainset.is_variant):
-            group = trainset.modalities[i] if modalities else "any"
-            if group in groups:
-                pools.setdefault(int(trainset.labels[i]), {g: [] for g in groups})[group].append(int(i))
-        complete = {pid: pool for pid, pool in pools.items() if all(pool[g] for g in groups)}
-        if len(complete) < p:
-            need = " and ".join(groups) if modalities else "any"
-            raise ReidDataError(
-                f"only {len(complete)} identities have images in {need} (of {len(pools)}); a batch needs P = {p}"
-            )
-        self.pools = complete
+        try:
+            super().__init__(trainset.labels, trainset.modalities if modalities else None, p=p, k=k,
+                             group_names=modalities or (ANY,), eligible=~trainset.is_variant,
+                             batches_per_epoch=batches_per_epoch)
+        except NotEnoughIdentities as e:
+            raise ReidDataError(str(e)) from None
         synthetic = {int(trainset.labels[i]) for i in np.flatnonzero(trainset.synthetic & ~trainset.is_variant)}
-        self.synthetic_ids = np.array(sorted(set(complete) & synthetic), dtype=np.int64)
-        self.real_ids = np.array(sorted(set(complete) - synthetic), dtype=np.int64)
+        self.synthetic_ids = np.array(sorted(set(self.pools) & synthetic), dtype=np.int64)
+        self.real_ids = np.array(sorted(set(self.pools) - synthetic), dtype=np.int64)
         if synthetic_share is not None:
             n_syn = round(synthetic_share * p)
             if n_syn > len(self.synthetic_ids) or p - n_syn > len(self.real_ids):
@@ -87,16 +80,10 @@ class IdentitySampler:
                     f"synthetic_share {synthetic_share} asks {n_syn} synthetic + {p - n_syn} real identities per batch; "
                     f"there are {len(self.synthetic_ids)} synthetic and {len(self.real_ids)} real"
                 )
-        per_group = [sum(len(pool[g]) for pool in complete.values()) for g in groups]
-        self.batches_per_epoch = batches_per_epoch or max(1, max(per_group) // (p * k))
 
-    @property
-    def identities(self) -> list[int]:
-        return sorted(self.pools)
-
-    def _choose_identities(self, rng: np.random.Generator) -> np.ndarray:
+    def choose_identities(self, rng: np.random.Generator) -> np.ndarray:
         if self.synthetic_share is None:
-            return rng.choice(np.array(self.identities), size=self.p, replace=False)
+            return super().choose_identities(rng)
         n_syn = round(self.synthetic_share * self.p)
         syn = rng.choice(self.synthetic_ids, size=n_syn, replace=False) if n_syn else np.zeros(0, dtype=np.int64)
         real = rng.choice(self.real_ids, size=self.p - n_syn, replace=False) if self.p > n_syn else np.zeros(0, dtype=np.int64)
@@ -105,14 +92,8 @@ class IdentitySampler:
     def epoch(self, epoch: int, variant_fraction: float | None = None) -> Iterator[Batch]:
         """The batches of one epoch. `variant_fraction` (DLCR p(e)) limits the drawable variants; None = all."""
         rng = np.random.default_rng([self.seed, epoch])
-        groups = self.modalities or ("any",)
-        for _ in range(self.batches_per_epoch):
-            labels: list[int] = []
-            indices: dict[str, list[int]] = {g: [] for g in groups}
-            for pid in self._choose_identities(rng):
-                for g in groups:
-                    indices[g] += [int(i) for i in rng.choice(self.pools[int(pid)][g], size=self.k, replace=True)]
-                labels += [int(pid)] * self.k
+        for identities, indices in self.batches(rng):
+            labels = [int(pid) for pid in identities for _ in range(self.k)]
             yield Batch(labels, indices, self._variants(indices, rng, variant_fraction))
 
     def _variants(self, indices: dict[str, list[int]], rng: np.random.Generator, fraction: float | None) -> list[int]:

@@ -15,6 +15,11 @@ Identities are relabelled 0..C−1 in sorted class-id order (`class_ids` in the 
 The learning rate follows a linear warm-up then ×0.1 at each milestone; the backbone's
 rate is `backbone_lr_mult` × the head's. Randomness: torch seeded once, batches by
 (seed, epoch), augmentations by a generator seeded with (seed, epoch).
+
+Images: each batch's images are read and decoded by a DataLoader (`train.workers`
+processes, or the training process with 0) from the set's `images` (stored images
+are read from their files and shards then, never all at once); augmentation stays
+on the training thread, so any number of workers gives the same model.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from factory.datasets.records import Record
 from factory.reid.augment import eval_view, load_resized, train_view
 from factory.reid.backbone import TwoStreamResNet, build_model
 from factory.reid.cal import CALLosses, CALNet
 from factory.reid.data import TrainSet, build_trainset
+from factory.reid.images import StoredImages
 from factory.reid.losses import ADPLoss, CrossEntropyLabelSmooth, WRTLoss
-from factory.reid.sampler import IdentitySampler, progressive_fraction
+from factory.reid.sampler import Batch, IdentitySampler, progressive_fraction
 from factory.reid.spec import MixSpec, ModelSpec, TrainSpec, VariantsSpec
 
 ReidModel = TwoStreamResNet | CALNet
@@ -91,6 +98,25 @@ def _set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
         group["lr"] = group["base_lr"] * factor
 
 
+class BatchImages(Dataset):
+    """Map-style view of a set's images whose items are whole batches: `dataset[indices]` -> (n, H, W, 3) uint8."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+
+    def __getitem__(self, indices: list[int]) -> np.ndarray:
+        return self.images.take(indices) if isinstance(self.images, StoredImages) else self.images[indices]
+
+
+def _as_is(images: np.ndarray) -> np.ndarray:
+    return images
+
+
+def batch_order(batch: Batch) -> list[int]:
+    """The images a step uses, in the order its pixels arrive: each group's indices, then variants."""
+    return [i for group in batch.indices.values() for i in group] + batch.variants
+
+
 def train_model(
     trainset: TrainSet,
     model_spec: ModelSpec,
@@ -114,7 +140,7 @@ def train_model(
     if model_spec.arch == "cal":
         step = _cal_step(model, trainset, relabel, train, device)
     else:
-        step = _two_stream_step(model, model_spec, trainset.images, device)
+        step = _two_stream_step(model, model_spec, device)
     opt = _optimizer(model, train)
     log: list[dict] = []
     model.train()
@@ -124,10 +150,13 @@ def train_model(
         if variants is not None and variants.progressive:
             fraction = progressive_fraction(epoch, variants.thresholds, variants.fractions)
         rng = np.random.default_rng([seed, epoch, 1])
+        batches = list(sampler.epoch(epoch, fraction))
+        pixels = DataLoader(BatchImages(trainset.images), sampler=[batch_order(b) for b in batches], batch_size=None,
+                            num_workers=train.workers, collate_fn=_as_is)
         totals: dict[str, float] = {}
-        for i, batch in enumerate(sampler.epoch(epoch, fraction)):
+        for i, (batch, images) in enumerate(zip(batches, pixels)):
             y = torch.tensor([relabel[pid] for pid in batch.labels], device=device)
-            losses = step(batch, y, rng, epoch)
+            losses = step(batch, images, y, rng, epoch)
             opt.zero_grad()
             losses["loss"].backward()
             opt.step()
@@ -146,23 +175,25 @@ def train_model(
     return Trained(model, class_ids, log)
 
 
-def _views(images: np.ndarray, idx: Sequence[int], view: str, rng: np.random.Generator, erasing: float,
+def _views(images: np.ndarray, view: str, rng: np.random.Generator, erasing: float,
            device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.stack([train_view(images[i], view, rng, erasing) for i in idx])).to(device)
+    return torch.from_numpy(np.stack([train_view(image, view, rng, erasing) for image in images])).to(device)
 
 
-def _two_stream_step(model: TwoStreamResNet, model_spec: ModelSpec, images: np.ndarray, device: torch.device):
+def _two_stream_step(model: TwoStreamResNet, model_spec: ModelSpec, device: torch.device):
     caj = model_spec.arch == "caj"
     ce = CrossEntropyLabelSmooth(0.0)
     metric = ADPLoss() if caj else WRTLoss()
     erasing = 0.5 if caj else 0.0
 
-    def step(batch, y, rng, epoch) -> dict[str, torch.Tensor]:
-        x_rgb = _views(images, batch.indices["rgb"], "visible", rng, erasing, device)
-        x_ir = _views(images, batch.indices["ir"], "ir" if caj else "visible", rng, erasing, device)
+    def step(batch, images, y, rng, epoch) -> dict[str, torch.Tensor]:
+        n = len(batch.indices["rgb"])
+        rgb, ir = images[:n], images[n : 2 * n]
+        x_rgb = _views(rgb, "visible", rng, erasing, device)
+        x_ir = _views(ir, "ir" if caj else "visible", rng, erasing, device)
         labels = torch.cat([y, y])
         if caj:
-            x_rgb = torch.cat([x_rgb, _views(images, batch.indices["rgb"], "visible_exchange", rng, erasing, device)])
+            x_rgb = torch.cat([x_rgb, _views(rgb, "visible_exchange", rng, erasing, device)])
             labels = torch.cat([y, y, y])
         feats, logits = model(x_rgb, x_ir, modality="both")
         id_loss = ce(logits, labels)
@@ -183,9 +214,9 @@ def _cal_step(model: CALNet, trainset: TrainSet, relabel: dict[int, int], train:
     losses = CALLosses(model.pool_dim, len(clothes_ids), cal_start_epoch=train.cal_start_epoch).to(device)
     clothes_opt = torch.optim.Adam(losses.clothes_classifier.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
-    def step(batch, y, rng, epoch) -> dict[str, torch.Tensor]:
+    def step(batch, images, y, rng, epoch) -> dict[str, torch.Tensor]:
         idx = batch.indices["any"]
-        x = _views(trainset.images, idx + batch.variants, "visible", rng, 0.5, device)
+        x = _views(images, "visible", rng, 0.5, device)  # the batch's images, then its variants
         y_variants = torch.tensor([relabel[int(trainset.labels[v])] for v in batch.variants], dtype=torch.long,
                                   device=device)
         feat, logits = model(x)

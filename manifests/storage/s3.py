@@ -27,7 +27,15 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from manifests.errors import NotFound, StorageError
@@ -42,6 +50,8 @@ DEFAULT_PART_SIZE = 64 * MIB
 DEFAULT_MAX_ATTEMPTS = 5
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+# What a GET body raises when its connection drops or stalls mid-transfer.
+_BODY_DROPPED = (IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -65,6 +75,7 @@ class S3Storage:
         self.part_size = part_size
         if max_attempts is None:  # boto's own variable, honoured as the AWS CLI does
             max_attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
+        self.max_attempts = max_attempts
         config = Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=connect_timeout,
@@ -142,10 +153,33 @@ class S3Storage:
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def get_range(self, uri: str, offset: int, size: int) -> bytes:
+        """Up to `size` bytes from `offset` (fewer past the object's end, as a file read gives).
+
+        botocore retries a request that fails before its body starts; a connection that
+        drops mid-body is re-requested here from the first byte not yet received.
+        """
         bucket, key = split_uri(uri)
-        with self._errors(uri):
-            byte_range = f"bytes={offset}-{offset + size - 1}"
-            return self.client.get_object(Bucket=bucket, Key=key, Range=byte_range)["Body"].read()
+        received = bytearray()
+        for _ in range(self.max_attempts):
+            byte_range = f"bytes={offset + len(received)}-{offset + size - 1}"
+            try:
+                with self._errors(uri):
+                    body = self.client.get_object(Bucket=bucket, Key=key, Range=byte_range)["Body"]
+            except StorageError as e:
+                if "InvalidRange" in str(e):  # the range starts past the end: a truncated object
+                    return bytes(received)
+                raise
+            try:
+                while len(received) < size and (chunk := body.read(min(MIB, size - len(received)))):
+                    received += chunk
+                return bytes(received)
+            except _BODY_DROPPED as e:
+                log.warning("%s: connection dropped after %d of %d bytes (%s); asking for the rest",
+                            uri, len(received), size, type(e).__name__)
+            finally:
+                body.close()
+        raise StorageError(f"{uri}: the connection dropped {self.max_attempts} times while reading "
+                           f"bytes {offset}-{offset + size - 1}")
 
     def open_read(self, uri: str) -> BinaryIO:
         bucket, key = split_uri(uri)
