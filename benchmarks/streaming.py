@@ -18,9 +18,9 @@ the same decoder (`manifests.members.decode_array`, uint8 arrays):
     32 samples = 64 images per batch), and locally once more without the sha256 check.
 
 Sources are interleaved per repeat and the best repeat is reported (the least disturbed
-by other load). The last line printed is one JSON object whose `ratios` hold
-`local_vs_folder`, `local_vs_folder_batched`, `local_vs_limit`, `s3_vs_folder` (samples/s
-over samples/s) and `sha256_cost` (1 - checked/unchecked).
+by other load). The last line printed is one JSON object with the rates and the ratios
+`local_vs_folder`, `local_vs_folder_batched`, `local_vs_limit`, `s3_vs_folder`,
+`s3_vs_folder_batched` (samples/s over samples/s) and `sha256_cost` (1 - checked/unchecked).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios["s3_vs_folder_batched"] = best["shards, S3 (ReidStream)"] / best["folder, batched by DataLoader"]
     result = {"images": images, "shards": shards, "workers": args.workers, "repeats": args.repeats,
               "samples_per_s": {name: round(rate, 1) for name, rate in best.items()},
-              "ratios": {name: round(value, 3) for name, value in ratios.items()}}
+              **{name: round(value, 3) for name, value in ratios.items()}}
     print(json.dumps(result))
     return result
 

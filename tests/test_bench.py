@@ -77,3 +77,26 @@ def test_startup_benchmark_times_each_command(capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert set(result["seconds"]) == {"--help", "spec error", "verify"}
     assert all(s > 0 for s in result["seconds"].values())
+
+
+def test_streaming_benchmark_reads_every_image_from_every_source(capsys):
+    from benchmarks import streaming
+
+    result = streaming.main(["--identities", "8", "--pairs", "2", "--repeats", "1", "--workers", "1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["images"] == 8 * 2 * 2  # the bench raises if a source yields another count
+    assert len(result["samples_per_s"]) == 5 and all(rate > 0 for rate in result["samples_per_s"].values())
+    assert result["local_vs_limit"] == pytest.approx(
+        result["samples_per_s"]["shards, local (ReidStream)"] / result["samples_per_s"]["decode limit (bytes in memory)"],
+        rel=1e-2)
+
+
+@pytest.mark.slow
+def test_train_memory_benchmark_trains_on_both_runs(capsys):
+    from benchmarks import train_memory
+
+    result = train_memory.main(["--identities", "4", "--factor", "2"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert (result["small"]["images"], result["large"]["images"]) == (64, 128)
+    assert result["small"]["peak_rss_mb"] > 0 and result["large"]["peak_rss_mb"] > 0
+    assert result["growth_mb"] == pytest.approx(result["large"]["peak_rss_mb"] - result["small"]["peak_rss_mb"], abs=0.2)
