@@ -79,6 +79,7 @@ def test_startup_benchmark_times_each_command(capsys):
     assert all(s > 0 for s in result["seconds"].values())
 
 
+@pytest.mark.slow
 def test_streaming_benchmark_reads_every_image_from_every_source(capsys):
     from benchmarks import streaming
 
