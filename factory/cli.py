@@ -311,6 +311,34 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
 
 
 @app.command()
+def score(
+    run: str = typer.Argument(..., help=RUN_HELP),
+    reid: str = typer.Option(
+        "world", "--reid",
+        help="'world' (the shipped identity oracle, for world people) or a `factory train-reid` output folder.",
+    ),
+) -> None:
+    """Add a ReID model's identity score to every image of a run, without touching its tars.
+
+    Per image: identity_score, the cosine to the identity's reference (a generated RGB-IR
+    pair: the IR image to its RGB partner; otherwise the identity's real images, or its
+    RGB ones), and identity_margin, that score minus the best cosine to another identity.
+    They go into RUN/scores/ (one file per shard, stored atomically; a rerun scores only
+    the shards not yet scored), appear as manifest columns to every reader, and gate
+    training: ReidStream(min_identity_score=...) or a train-reid spec's run keys.
+    `factory stats RUN` shows how many images each threshold keeps.
+    """
+    _quiet_model_libraries()
+    from factory.reid.score_run import score_run
+
+    with _progress() as progress:
+        task = progress.add_task(f"scoring {run}", total=None)
+        summary = score_run(run, reid, progress=lambda done, total: progress.update(task, completed=done, total=total))
+    print(f"{summary['run']}: scored {summary['scored']} shard(s) with {reid} "
+          f"({summary['already_scored']} of {summary['shards']} were scored before)")
+
+
+@app.command()
 def identity(
     run: str = typer.Argument(..., help=RUN_HELP),
     reid: str = typer.Option(

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.errors import ManifestError, SchemaVersionError
-from manifests.schema import READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION
+from manifests.schema import READABLE_MAJORS, SCHEMA, SCHEMA_VERSION, SCORE_COLUMNS, readable
 
 VERSION_KEY = b"manifests.schema_version"
 SHARD_KEY = b"manifests.shard"
@@ -77,26 +77,28 @@ def decode_fragment(data: bytes, where: str, *, columns: Sequence[str] | None = 
                     filter: pc.Expression | None = None) -> Fragment:
     """Parse a fragment; `where` names it in errors.
 
-    `columns` and `filter` are pushed into the Parquet read (only those columns are
-    decoded, row groups the filter rules out are skipped); the table keeps only them.
+    Only `columns` are decoded (all if None) unless a `filter` needs the others; the
+    filter applies once the columns a newer minor added are filled in, so it may name
+    them; the table keeps `columns`, in that order.
     """
     try:
         parquet = pq.ParquetFile(io.BytesIO(data))
         meta = parquet.schema_arrow.metadata or {}
         physical = None
-        if columns is not None:  # version 1 called `size` `nbytes`
+        if columns is not None and filter is None:  # v1 called `size` `nbytes`; older minors lack later columns
             renamed = {"size": "nbytes"} if meta.get(VERSION_KEY) == b"1" else {}
-            physical = [renamed.get(c, c) for c in columns]
-        table = pq.read_table(io.BytesIO(data), columns=physical, filters=filter)
+            present = set(parquet.schema_arrow.names)
+            physical = [renamed.get(c, c) for c in columns if renamed.get(c, c) in present]
+        table = parquet.read(columns=physical)
     except (pa.ArrowInvalid, OSError) as e:
         raise ManifestError(f"{where}: not a readable Parquet fragment ({e})") from None
     if VERSION_KEY not in meta:
         raise ManifestError(f"{where}: not a manifest fragment (no {VERSION_KEY.decode()} metadata)")
     version = meta[VERSION_KEY].decode()
-    if version not in {str(v) for v in READABLE_VERSIONS}:
+    if not readable(version):
         raise SchemaVersionError(
             f"{where}: manifest schema version {version}, but this manifests package reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))} (install the factory version that wrote the run)"
+            f"{', '.join(f'{major}.x' for major in READABLE_MAJORS)} (install the factory version that wrote the run)"
         )
     if SHARD_KEY not in meta:
         raise ManifestError(f"{where}: no {SHARD_KEY.decode()} metadata (the shard's tar index)")
@@ -106,6 +108,12 @@ def decode_fragment(data: bytes, where: str, *, columns: Sequence[str] | None = 
         raise ManifestError(f"{where}: unreadable {SHARD_KEY.decode()} metadata ({type(e).__name__}: {e})") from None
     if version == "1":  # the member's byte count was `nbytes`; shard_uri is resolved by the reader either way
         table = table.rename_columns(["size" if name == "nbytes" else name for name in table.column_names])
-    if missing := [f.name for f in SCHEMA if f.name in (columns or SCHEMA.names) and f.name not in table.column_names]:
+    wanted = SCHEMA.names if columns is None else list(columns)
+    for name in SCORE_COLUMNS:  # added in 2.1: null in older fragments
+        if name not in table.column_names and (name in wanted or filter is not None):
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    if filter is not None:
+        table = table.filter(filter)
+    if missing := [name for name in wanted if name not in table.column_names]:
         raise ManifestError(f"{where}: columns missing: {', '.join(missing)}")
-    return Fragment(table=table.replace_schema_metadata(None), info=info)
+    return Fragment(table=table.select(wanted).replace_schema_metadata(None), info=info)

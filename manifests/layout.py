@@ -5,6 +5,7 @@ RUN/run.json                 written first
 RUN/shards/000000.tar        WebDataset shards
 RUN/manifest/000000.parquet  one fragment per shard: the commit marker
 RUN/_SUCCESS.json            written last
+RUN/scores/000000.parquet    identity scores added by `factory score` (optional)
 ```
 Names are a pure function of the shard index, so a retried shard overwrites itself.
 Only those exact names count: `shards/old/000003.tar` or `shards/0000003.tar` is a stray
@@ -27,6 +28,7 @@ class RunLayout:
         self.success_json = join(self.uri, "_SUCCESS.json")
         self.shards_prefix = join(self.uri, "shards")
         self.manifest_prefix = join(self.uri, "manifest")
+        self.scores_prefix = join(self.uri, "scores")
 
     def shard_uri(self, shard: int) -> str:
         return join(self.uri, self.relative_shard_uri(shard))
@@ -38,6 +40,13 @@ class RunLayout:
 
     def fragment_uri(self, shard: int) -> str:
         return join(self.manifest_prefix, f"{shard:06d}.parquet")
+
+    def scores_uri(self, shard: int) -> str:
+        return join(self.scores_prefix, f"{shard:06d}.parquet")
+
+    def scores_index(self, uri: str) -> int | None:
+        """The index of the score file at `uri`, or None for anything that is not exactly one."""
+        return _index(uri, self.scores_prefix, ".parquet")
 
     def shard_index(self, uri: str) -> int | None:
         """The index of the shard tar at `uri`, or None for anything that is not exactly one."""

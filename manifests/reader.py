@@ -19,6 +19,7 @@ from manifests.fragment import Fragment, decode_fragment
 from manifests.layout import RunLayout
 from manifests.run_info import RunInfo, read_run_info
 from manifests.schema import SCHEMA
+from manifests.scores import apply_scores, decode_scores
 from manifests.storage import Storage, storage_for
 
 # Fragments are small; reading them is latency-bound, so overlap the requests.
@@ -31,7 +32,8 @@ class RunListing:
 
     fragments: frozenset[int]
     tars: frozenset[int]
-    strays: tuple[str, ...] = ()  # anything else under shards/ or manifest/: never taken for a shard
+    strays: tuple[str, ...] = ()  # anything else under shards/, manifest/ or scores/: never taken for a shard
+    scored: frozenset[int] = frozenset()  # shards with a score file (`factory score`)
 
     @property
     def committed(self) -> list[int]:
@@ -59,10 +61,11 @@ class Run:
         self.info: RunInfo = read_run_info(self.uri, self.storage)
 
     def listing(self) -> RunListing:
-        fragments, tars, strays = set(), set(), []
+        fragments, tars, scored, strays = set(), set(), set(), []
         for found, prefix, index_of in (
             (fragments, self.layout.manifest_prefix, self.layout.fragment_index),
             (tars, self.layout.shards_prefix, self.layout.shard_index),
+            (scored, self.layout.scores_prefix, self.layout.scores_index),
         ):
             for obj in self.storage.list(prefix):
                 index = index_of(obj.uri)
@@ -70,7 +73,7 @@ class Run:
                     strays.append(obj.uri)
                 else:
                     found.add(index)
-        return RunListing(frozenset(fragments), frozenset(tars), tuple(strays))
+        return RunListing(frozenset(fragments), frozenset(tars), tuple(strays), frozenset(scored))
 
     def shard_uris(self, *, for_webdataset: bool = False) -> list[str]:
         """URIs of the committed shards, in order.
@@ -83,12 +86,20 @@ class Run:
         return [self.storage.webdataset_url(uri) for uri in uris] if for_webdataset else uris
 
     def fragment(self, shard: int, *, columns: Sequence[str] | None = None,
-                 filter: pc.Expression | None = None) -> Fragment:
-        """Shard `shard`'s fragment, its `shard_uri` resolved against this run (wherever it was written);
-        `columns` and `filter` are pushed into the Parquet read."""
+                 filter: pc.Expression | None = None, scored: bool = False) -> Fragment:
+        """Shard `shard`'s fragment, its `shard_uri` resolved against this run (wherever it was written)
+        and, if `scored`, its score file's figures filled in; only `columns`, only rows `filter` keeps."""
         uri = self.layout.fragment_uri(shard)
-        fragment = decode_fragment(self.storage.get_bytes(uri), where=uri, columns=columns, filter=filter)
-        table = fragment.table
+        data = self.storage.get_bytes(uri)
+        if scored:  # the join needs every column; project and filter after it
+            fragment = decode_fragment(data, where=uri)
+            where = self.layout.scores_uri(shard)
+            scores, _ = decode_scores(self.storage.get_bytes(where), where)
+            table = apply_scores(fragment.table, scores, where)
+            table = (table if filter is None else table.filter(filter)).select(list(columns or SCHEMA.names))
+        else:
+            fragment = decode_fragment(data, where=uri, columns=columns, filter=filter)
+            table = fragment.table
         if "shard_uri" in table.column_names:
             here = pa.array([self.layout.shard_uri(shard)] * table.num_rows, pa.string())
             table = table.set_column(table.schema.get_field_index("shard_uri"), SCHEMA.field("shard_uri"), here)
@@ -97,9 +108,14 @@ class Run:
     def fragments(self, shards: Iterable[int] | None = None, *, columns: Sequence[str] | None = None,
                   filter: pc.Expression | None = None) -> Iterator[Fragment]:
         """Fragments in shard order (default: every committed shard), fetched and parsed concurrently."""
-        wanted = list(self.listing().committed if shards is None else shards)
+        listing = self.listing()
+        wanted = list(listing.committed if shards is None else shards)
+
+        def read(shard: int) -> Fragment:
+            return self.fragment(shard, columns=columns, filter=filter, scored=shard in listing.scored)
+
         with ThreadPoolExecutor(READ_WORKERS) as pool:
-            yield from pool.map(lambda shard: self.fragment(shard, columns=columns, filter=filter), wanted)
+            yield from pool.map(read, wanted)
 
     @cached_property
     def _table(self) -> pa.Table:

@@ -32,7 +32,7 @@ class RunInfo(BaseModel):
     total_shards: int | None = Field(None, description="shards the job plans; None if open-ended")
     models: dict[str, str] = Field(default_factory=dict, description="role -> model fingerprint")
     code_version: str = __version__
-    schema_version: int = SCHEMA_VERSION
+    schema_version: str | int = SCHEMA_VERSION  # runs before 2.1 wrote an int
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
     @classmethod

@@ -1,9 +1,15 @@
 """The manifest schema: one row per image (ARCHITECTURE.md, "A run").
 
-Bump `SCHEMA_VERSION` on any change to `SCHEMA`; readers refuse versions they do not
-know rather than guess. Version 2 stores `shard_uri` relative to the run (a copied or
-moved run reads its own shards; `Run` resolves it) and names the member's byte count
-`size` (pandas' `DataFrame.nbytes` hid the old `nbytes`); version 1 runs are still read.
+Versions are MAJOR.MINOR. A minor version only adds nullable columns, so a reader reads
+every minor of the majors it knows (columns it lacks read as null, columns it does not
+know are dropped) and refuses an unknown major with one line rather than guess. Bump
+the minor when adding a nullable column, the major on any other change.
+
+- 1: the first layout (the member's byte count was `nbytes`, `shard_uri` absolute).
+- 2: `shard_uri` relative to the run (a copied or moved run reads its own shards; `Run`
+  resolves it), the byte count named `size` (pandas' `DataFrame.nbytes` hid `nbytes`).
+- 2.1: `identity_score` and `identity_margin`, a ReID model's judgement of each image
+  (null until a run is scored, inline or by `factory score`).
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = "2.1"
+READABLE_MAJORS = (1, 2)
+# Columns a minor version added: absent from older fragments, read as null.
+SCORE_COLUMNS = ("identity_score", "identity_margin")
 
 MODALITIES = ("rgb", "ir")
 ORIGINS = ("synthetic", "real")
@@ -47,8 +55,25 @@ SCHEMA = pa.schema(
         # [offset, offset + size) returns exactly the image.
         pa.field("offset", pa.int64(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # 2.1: cosine to the identity's reference, and its lead over the nearest other identity.
+        pa.field("identity_score", pa.float32()),
+        pa.field("identity_margin", pa.float32()),
     ]
 )
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """"2" -> (2, 0), "2.1" -> (2, 1); ValueError for anything else."""
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+def readable(text: str) -> bool:
+    """Whether this package reads fragments of schema version `text` (any minor of a known major)."""
+    try:
+        return parse_version(text)[0] in READABLE_MAJORS
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 
 from manifests.reader import Run
@@ -37,4 +38,25 @@ def run_stats(run_uri: str, storage: Storage | None = None) -> dict[str, Any]:
         "by_origin": _counts(table, "origin"),
         "by_camera": _counts(table, "camera"),
         "finished": read_success(run.uri, run.storage),
+        **_score_stats(table),
+    }
+
+
+THRESHOLDS = (0.0, 0.2, 0.4, 0.6, 0.8)
+
+
+def _score_stats(table) -> dict[str, Any]:
+    """For a scored run: a 10-bin histogram of identity_score and the images each threshold keeps."""
+    scores = pc.drop_null(table.column("identity_score")).to_numpy()
+    if len(scores) == 0:
+        return {}
+    counts, edges = np.histogram(np.clip(scores, -1, 1), bins=10, range=(-1, 1))
+    margins = pc.drop_null(table.column("identity_margin")).to_numpy()
+    return {
+        "identity_score": {
+            "scored_images": len(scores), "mean": round(float(scores.mean()), 4),
+            "histogram": {f"{lo:+.1f}..{hi:+.1f}": int(n) for lo, hi, n in zip(edges[:-1], edges[1:], counts) if n},
+            "kept_at_min_score": {f"{t:.1f}": int((scores >= t).sum()) for t in THRESHOLDS},
+            "kept_at_min_margin_0": int((margins >= 0).sum()),
+        },
     }

@@ -78,9 +78,10 @@ log = logging.getLogger(__name__)
 
 # The manifest columns the stream plans with and reads by.
 _ROW_COLUMNS = ("shard_uri", "key", "member", "identity", "modality", "camera", "origin", "clothes",
-                "sha256", "offset", "size")
-# Per-row labels a batch carries as lists (identity and camera_id go as tensors).
-_LIST_COLUMNS = ("key", "member", "modality", "camera", "origin", "clothes", "shard_uri")
+                "sha256", "offset", "size", "identity_score", "identity_margin")
+# Per-row labels a batch carries as lists (identity and camera_id go as tensors; scores are None until scored).
+_LIST_COLUMNS = ("key", "member", "modality", "camera", "origin", "clothes", "shard_uri",
+                 "identity_score", "identity_margin")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class Selection:
     origins: tuple[str, ...] | None = None
     identities: tuple[int, ...] | None = None
     clothes: tuple[str, ...] | None = None
+    # The quality gate (`factory score`): images below either threshold, or not scored, are left out.
+    min_identity_score: float | None = None
+    min_margin: float | None = None
 
     def columns(self) -> dict[str, tuple]:
         """Manifest column -> allowed values, for the fields that are set."""
@@ -101,6 +105,9 @@ class Selection:
     def expression(self) -> pc.Expression | None:
         """The selection as a pyarrow filter (pushed into the manifest read), or None for everything."""
         terms = [pc.field(column).isin(list(values)) for column, values in self.columns().items()]
+        for column, threshold in (("identity_score", self.min_identity_score), ("identity_margin", self.min_margin)):
+            if threshold is not None:
+                terms.append(pc.field(column) >= threshold)
         if not terms:
             return None
         expression = terms[0]
@@ -109,7 +116,10 @@ class Selection:
         return expression
 
     def describe(self) -> str:
-        return ", ".join(f"{c} in {list(v)}" for c, v in self.columns().items()) or "everything"
+        parts = [f"{c} in {list(v)}" for c, v in self.columns().items()]
+        parts += [f"{c} >= {t}" for c, t in (("identity_score", self.min_identity_score),
+                                            ("identity_margin", self.min_margin)) if t is not None]
+        return ", ".join(parts) or "everything"
 
 
 def select_rows(runs: Sequence[str], selection: Selection) -> tuple[pa.Table, list[str]]:

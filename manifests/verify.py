@@ -17,10 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
+
 from manifests.errors import ManifestError
 from manifests.keys import split_member
 from manifests.reader import Run
 from manifests.run_info import read_success
+from manifests.schema import SCORE_COLUMNS
+from manifests.scores import apply_scores, decode_scores
 from manifests.storage import Storage
 
 DEFAULT_WORKERS = 8
@@ -86,11 +90,12 @@ class _ShardResult:
     nbytes: int
 
 
-def _check_shard(run: Run, shard: int) -> _ShardResult:
+def _check_shard(run: Run, shard: int, scored: bool) -> _ShardResult:
     try:
         fragment = run.fragment(shard)
     except ManifestError as e:
         return _ShardResult([Problem(shard, str(e))], 0, 0)
+    score_problems = _check_scores(run, shard, fragment) if scored else []
     expected = fragment.expected_members()
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -119,7 +124,22 @@ def _check_shard(run: Run, shard: int) -> _ShardResult:
     tar_sha = reader.sha256.hexdigest()
     if not problems and (reader.nbytes != fragment.info.tar_nbytes or tar_sha != fragment.info.tar_sha256):
         problems.append(Problem(shard, "tar bytes differ from the manifest outside every member (a header or padding)"))
-    return _ShardResult(problems, len(seen), reader.nbytes)
+    return _ShardResult(problems + score_problems, len(seen), reader.nbytes)
+
+
+def _check_scores(run: Run, shard: int, fragment) -> list[Problem]:
+    """A score file must parse, cover exactly the shard's members, and hold finite numbers."""
+    where = run.layout.scores_uri(shard)
+    try:
+        scores, _ = decode_scores(run.storage.get_bytes(where), where)
+        apply_scores(fragment.table, scores, where)
+    except ManifestError as e:
+        return [Problem(shard, str(e))]
+    for name in SCORE_COLUMNS:
+        values = scores[name].drop_null().to_numpy(zero_copy_only=False)
+        if not np.isfinite(values).all():
+            return [Problem(shard, f"{where}: {name} holds values that are not finite numbers")]
+    return []
 
 
 def _check_member(shard: int, tar: tarfile.TarFile, info: tarfile.TarInfo, want) -> list[Problem]:
@@ -162,7 +182,8 @@ def verify_run(
         report.warnings.append("every shard is committed but there is no _SUCCESS.json: resume the job to finish it")
     total_committed = len(listing.committed)
     with ThreadPoolExecutor(workers) as pool:
-        for done, result in enumerate(pool.map(lambda i: _check_shard(run, i), listing.committed), 1):
+        checks = pool.map(lambda i: _check_shard(run, i, i in listing.scored), listing.committed)
+        for done, result in enumerate(checks, 1):
             report.problems += result.problems
             report.members_checked += result.members
             report.bytes_checked += result.nbytes

@@ -119,6 +119,8 @@ def _selection(source: RunSource) -> Selection:
         modalities=tuple(source.modalities) if source.modalities else None,
         origins=tuple(source.origins) if source.origins else None,
         identities=tuple(source.identities) if source.identities else None,
+        min_identity_score=source.min_identity_score,
+        min_margin=source.min_margin,
     )
 
 

@@ -33,6 +33,10 @@ class RunSource(Strict):
     modalities: list[Literal["rgb", "ir"]] | None = Field(None, description="keep only these modalities (default all)")
     origins: list[str] | None = Field(None, description="keep only these origins, e.g. [synthetic] (default all)")
     identities: list[int] | None = Field(None, description="keep only these run identities (default all)")
+    min_identity_score: float | None = Field(
+        None, description="the quality gate: keep only images `factory score` gave at least this identity_score"
+    )
+    min_margin: float | None = Field(None, description="keep only images with at least this identity_margin")
 
 
 class MixSpec(Strict):

@@ -1,0 +1,112 @@
+"""Identity scores: schema 2.1, `factory score` after the fact, verify, stats and the quality gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import run_cli, set_schema_version
+
+from manifests import Run, verify_run
+from manifests.errors import ManifestError, SchemaVersionError
+from manifests.layout import RunLayout
+from manifests.schema import SCORE_COLUMNS
+from manifests.stats import run_stats
+from manifests.streaming import ReidStream, Selection
+from tests.world_run import write_demo_run
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> tuple[str, dict]:
+    """A world run (2 shards x 3 people x 2 pairs), scored by the shipped oracle through the CLI."""
+    uri = str(tmp_path_factory.mktemp("scores") / "run")
+    write_demo_run(uri, shards=2, identities_per_shard=3, images_per_identity=2)
+    before = Run(uri).table()
+    result = run_cli("score", uri)
+    assert result.returncode == 0, result.stderr
+    return uri, {"before": before, "stdout": result.stdout}
+
+
+def test_a_run_without_scores_reads_them_as_null(tmp_path):
+    uri = str(tmp_path / "run")
+    write_demo_run(uri, shards=1)
+    table = Run(uri).table()
+    assert all(table[name].null_count == table.num_rows for name in SCORE_COLUMNS)
+
+
+def test_score_fills_both_columns_for_every_image_and_leaves_tars_alone(scored):
+    uri, seen = scored
+    table = Run(uri).table()
+    assert "scored 2 shard(s) with world (0 of 2 were scored before)" in seen["stdout"]
+    assert all(table[name].null_count == 0 for name in SCORE_COLUMNS)
+    assert table.drop_columns(list(SCORE_COLUMNS)).equals(seen["before"].drop_columns(list(SCORE_COLUMNS)))
+    score, margin = (np.array(table[name].to_pylist()) for name in SCORE_COLUMNS)
+    assert ((-1 <= score) & (score <= 1)).all() and (margin <= score + 1).all()
+    # a generated pair is scored as a pair: both images of a key get the same figures
+    by_key: dict[str, set] = {}
+    for key, s, m in zip(table["key"].to_pylist(), score, margin):
+        by_key.setdefault(key, set()).add((round(float(s), 6), round(float(m), 6)))
+    assert all(len(figures) == 1 for figures in by_key.values())
+    assert verify_run(uri).ok(strict=True)
+
+
+def test_a_rerun_scores_only_what_is_missing(scored, tmp_path):
+    uri, _ = scored
+    again = run_cli("score", uri)
+    assert "scored 0 shard(s)" in again.stdout and "2 of 2 were scored before" in again.stdout
+
+
+def test_the_gate_leaves_out_low_scores_and_unscored_images(scored, tmp_path):
+    uri, _ = scored
+    table = Run(uri).table()
+    threshold = float(np.median(table["identity_score"].to_numpy()))
+    kept = ReidStream([uri], selection=Selection(min_identity_score=threshold)).rows
+    expected = int((table["identity_score"].to_numpy() >= threshold).sum())
+    assert kept.num_rows == expected and 0 < expected < table.num_rows
+    assert min(kept["identity_score"].to_pylist()) >= threshold
+    unscored = str(tmp_path / "unscored")
+    write_demo_run(unscored, shards=1)
+    with pytest.raises(ManifestError, match="identity_score >= 0.1"):
+        ReidStream([unscored], selection=Selection(min_identity_score=0.1))
+
+
+def test_stats_show_the_score_distribution_and_what_each_threshold_keeps(scored):
+    uri, _ = scored
+    numbers = run_stats(uri)["identity_score"]
+    assert numbers["scored_images"] == 24 and sum(numbers["histogram"].values()) == 24
+    assert numbers["kept_at_min_score"]["0.0"] >= numbers["kept_at_min_score"]["0.8"]
+    shown = json.loads(run_cli("stats", uri, "--json").stdout)
+    assert shown["identity_score"] == numbers
+
+
+def test_verify_names_a_score_file_that_does_not_fit_its_shard(scored, tmp_path):
+    import shutil
+
+    uri, _ = scored
+    copy = str(tmp_path / "copy")
+    shutil.copytree(uri, copy)
+    path = RunLayout(copy).scores_uri(1)
+    table = pq.read_table(path)
+    pq.write_table(table.slice(1), path)  # one member short
+    report = verify_run(copy)
+    assert not report.ok() and report.failed_shards() == [1]
+    assert "000001.parquet" in report.problems[0].message
+
+
+def test_schema_minor_versions_are_read_and_an_unknown_major_is_refused(tmp_path):
+    uri = str(tmp_path / "run")
+    write_demo_run(uri, shards=1)
+    path = RunLayout(uri).fragment_uri(0)
+    for version in (b"2", b"2.0", b"2.9"):  # older and newer minors of a known major
+        set_schema_version(path, version)
+        assert Run(uri).table().num_rows == 12  # 3 people x 2 pairs
+    older = pq.read_table(path).drop_columns(list(SCORE_COLUMNS))  # as a 2.0 writer wrote it
+    pq.write_table(older, path)
+    set_schema_version(path, b"2")
+    table = Run(uri).table()
+    assert all(table[name].null_count == 12 for name in SCORE_COLUMNS)
+    set_schema_version(path, b"3.0")
+    with pytest.raises(SchemaVersionError, match="schema version 3.0, but this manifests package reads versions 1.x, 2.x"):
+        Run(uri).table()
