@@ -29,6 +29,13 @@ class ResourcesSpec(Strict):
     max_task_attempts: int = Field(3, ge=1)
 
 
+class QualitySpec(Strict):
+    """Score every image of the run with a ReID model once its shards are made (`factory score`)."""
+
+    reid: str = Field("world", description="'world' (the identity oracle, for world people) or a train-reid folder")
+    device: str = Field("cpu", description="where the scorer runs: cpu, cuda, ...")
+
+
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 

@@ -101,3 +101,14 @@ def test_train_memory_benchmark_trains_on_both_runs(capsys):
     assert (result["small"]["images"], result["large"]["images"]) == (64, 128)
     assert result["small"]["peak_rss_mb"] > 0 and result["large"]["peak_rss_mb"] > 0
     assert result["growth_mb"] == pytest.approx(result["large"]["peak_rss_mb"] - result["small"]["peak_rss_mb"], abs=0.2)
+
+
+@pytest.mark.slow
+def test_score_overhead_benchmark_times_both_arms(capsys, tmp_path, monkeypatch):
+    from benchmarks import score_overhead
+
+    monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))
+    result = score_overhead.main(["--repeats", "1"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["images"] == 48 and set(result["images_per_s"]) == {"without quality", "with quality"}
+    assert len(result["scoring_share"]) == 1 and 0 < result["scoring_share"][0] < 1

@@ -110,3 +110,16 @@ def test_schema_minor_versions_are_read_and_an_unknown_major_is_refused(tmp_path
     set_schema_version(path, b"3.0")
     with pytest.raises(SchemaVersionError, match="schema version 3.0, but this manifests package reads versions 1.x, 2.x"):
         Run(uri).table()
+
+
+def test_a_spec_with_quality_makes_a_run_whose_every_image_is_scored(tmp_path, monkeypatch):
+    from factory import api
+    from test_generate import make_spec
+
+    monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))
+    out = str(tmp_path / "run")
+    summary = api.run(make_spec(out, quality={"reid": "world"}), use_ray=False)
+    assert summary["scored_shards"] == 3 and summary["scoring_seconds"] > 0
+    table = Run(out).table()
+    assert table.num_rows == 6 * 2 * 2 and all(table[name].null_count == 0 for name in SCORE_COLUMNS)
+    assert verify_run(out).ok(strict=True)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import ModelRef
-from factory.spec import ResourcesSpec, Strict
+from factory.spec import QualitySpec, ResourcesSpec, Strict
 from manifests.schema import MODALITIES
 
 
@@ -90,6 +90,7 @@ class GenerateSpec(Strict):
     ir: ModalitySpec = ModalitySpec(cameras=["cam3", "cam6"])
     sampler: SamplerSpec = SamplerSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    quality: QualitySpec | None = Field(None, description="score identity on every image (manifest columns)")
 
     @model_validator(mode="after")
     def _check(self) -> GenerateSpec:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import FINE_TUNED_PARTS, ModelRef
-from factory.spec import ResourcesSpec, Strict
+from factory.spec import QualitySpec, ResourcesSpec, Strict
 
 
 class SourceSpec(Strict):
@@ -125,6 +125,7 @@ class InpaintSpec(Strict):
     actors: int = Field(1, ge=1, description="inpainting actors")
     sampler: InpaintSamplerSpec = InpaintSamplerSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    quality: QualitySpec | None = Field(None, description="score identity on every image (manifest columns)")
 
     @model_validator(mode="after")
     def _plain_model(self) -> InpaintSpec:

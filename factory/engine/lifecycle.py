@@ -163,6 +163,8 @@ def run_method(
         on_result=count,
     )
     seconds = time.perf_counter() - start
+    # `quality:` is optional in a method's spec (DiVE and DLCR have it)
+    scoring = _score(spec, phase) if getattr(spec, "quality", None) is not None else {}
     summary = {
         "run_id": spec.run_id,
         "shards": len(plans),
@@ -172,7 +174,18 @@ def run_method(
         "seconds": round(seconds, 3),
         "generated_images_per_s": round(done / seconds, 3) if seconds and done else None,
         "resumed": resume and len(todo) < len(plans),
+        **scoring,
     }
     write_success(spec.output, summary)
     write_dataset_card(spec.output)  # README.md: Hugging Face `datasets` and the Hub read the run as it is
     return summary
+
+
+def _score(spec, phase: Phase) -> dict[str, Any]:
+    """The spec's `quality:` step: every shard not yet scored gets its identity scores (`factory score`)."""
+    from factory.reid.score_run import score_run
+
+    phase(f"scoring identity with {spec.quality.reid}")
+    start = time.perf_counter()
+    done = score_run(spec.output, spec.quality.reid, device=spec.quality.device)
+    return {"scored_shards": done["scored"], "scoring_seconds": round(time.perf_counter() - start, 3)}
