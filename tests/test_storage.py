@@ -109,3 +109,22 @@ def test_s3_endpoint_refusing_connections_is_one_clear_error(s3_env, monkeypatch
 def test_s3_missing_bucket_is_not_found(s3_env):
     with pytest.raises(NotFound, match="bucket 'no-such-bucket' does not exist"):
         storage_for("s3://no-such-bucket/x").get_bytes("s3://no-such-bucket/x/run.json")
+
+
+def test_one_s3_client_per_process_and_environment(s3_env, monkeypatch):
+    import multiprocessing
+
+    first = storage_for("s3://bucket/a")
+    assert storage_for("s3://other/b") is first  # every shard of a job shares the client
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    moved = storage_for("s3://bucket/a")
+    assert moved is not first and moved.client.meta.endpoint_url == "http://127.0.0.1:1"
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # a forked child builds its own
+        assert pool.apply(_child_builds_its_own_client)
+
+
+def _child_builds_its_own_client() -> bool:
+    from manifests.storage import _s3_clients
+
+    inherited = list(_s3_clients.values())  # what the fork copied; kept alive so no address is reused
+    return all(storage_for("s3://bucket/a") is not client for client in inherited) and bool(inherited)

@@ -10,6 +10,8 @@ makes "the manifest fragment is the commit marker" safe (see ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +68,24 @@ def _local() -> Storage:
     return LocalStorage()
 
 
+# The environment that decides which endpoint and identity a client talks to.
+_S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_PROFILE", "AWS_ACCESS_KEY_ID",
+           "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE",
+           "AWS_SHARED_CREDENTIALS_FILE")
+_s3_clients: dict[tuple[int, str], Storage] = {}
+
+
 def _s3() -> Storage:
+    """One S3 client per process (a boto3 client is thread-safe, costly to build, and must not cross
+    a fork), rebuilt if the AWS environment changes; the key holds a digest, never a credential."""
     from manifests.storage.s3 import S3Storage
 
-    return S3Storage()
+    env = hashlib.sha256("\0".join(os.environ.get(name, "") for name in _S3_ENV).encode()).hexdigest()
+    key = (os.getpid(), env)
+    if key not in _s3_clients:
+        _s3_clients.clear()  # another process's or environment's clients are of no use here
+        _s3_clients[key] = S3Storage()
+    return _s3_clients[key]
 
 
 # Scheme -> backend constructor. "" is a plain local path.

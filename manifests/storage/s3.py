@@ -5,8 +5,9 @@ The endpoint and credentials come from boto3's standard chain: `AWS_ENDPOINT_URL
 reads, logs or stores a credential.
 
 Writes never leave a partial object behind (docs/METHODS.md §8): small files go up in
-one PUT, which S3 applies atomically; large ones go up as a multipart upload that is
-completed only after every part is in, and explicitly aborted on any failure.
+one PUT, which S3 applies atomically; large ones go up through boto3's transfer manager
+as a multipart upload, several parts at once, completed only after every part is in and
+aborted on any failure.
 Throttling, 5xx and connection errors are retried a bounded number of times with
 exponential backoff and jitter by botocore's "standard" retry mode, per request, so
 a retried part does not restart the whole upload.
@@ -26,6 +27,8 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -48,6 +51,7 @@ MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB
 DEFAULT_PART_SIZE = 64 * MIB
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_UPLOAD_CONCURRENCY = 4  # parts of one multipart upload in flight
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 # What a GET body raises when its connection drops or stalls mid-transfer.
@@ -69,10 +73,13 @@ class S3Storage:
         max_attempts: int | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise StorageError(f"S3 part size must be at least {MIN_PART_SIZE} bytes, got {part_size}")
         self.part_size = part_size
+        self.transfer = TransferConfig(multipart_threshold=part_size + 1, multipart_chunksize=part_size,
+                                       max_concurrency=upload_concurrency)
         if max_attempts is None:  # boto's own variable, honoured as the AWS CLI does
             max_attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
         self.max_attempts = max_attempts
@@ -104,6 +111,8 @@ class S3Storage:
             raise StorageError(f"{uri}: cannot reach S3 at {self.client.meta.endpoint_url}: {e}") from None
         except BotoCoreError as e:
             raise StorageError(f"{uri}: {e}") from None
+        except S3UploadFailedError as e:  # the transfer manager's wrapper; it has aborted the upload
+            raise StorageError(f"{uri}: upload failed: {e}") from None
 
     def put_bytes(self, data: bytes, uri: str) -> None:
         bucket, key = split_uri(uri)
@@ -111,41 +120,11 @@ class S3Storage:
             self.client.put_object(Bucket=bucket, Key=key, Body=data)
 
     def put_file(self, src: Path, uri: str) -> None:
-        size = Path(src).stat().st_size
-        if size <= self.part_size:
-            bucket, key = split_uri(uri)
-            with open(src, "rb") as f, self._errors(uri):
-                self.client.put_object(Bucket=bucket, Key=key, Body=f)
-        else:
-            self._multipart_upload(Path(src), uri)
-
-    def _multipart_upload(self, src: Path, uri: str) -> None:
+        """One PUT up to `part_size`; above it a multipart upload through boto3's transfer manager
+        (`upload_concurrency` parts in flight), which aborts the upload if any part fails for good."""
         bucket, key = split_uri(uri)
         with self._errors(uri):
-            upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        try:
-            parts = []
-            with open(src, "rb") as f, self._errors(uri):
-                while chunk := f.read(self.part_size):
-                    number = len(parts) + 1
-                    etag = self.client.upload_part(
-                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
-                    )["ETag"]
-                    parts.append({"PartNumber": number, "ETag": etag})
-                self.client.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
-        except BaseException:
-            self._abort(bucket, key, upload_id)
-            raise
-
-    def _abort(self, bucket: str, key: str, upload_id: str) -> None:
-        # Best effort: if this fails too, a bucket lifecycle rule on incomplete multipart
-        # uploads is the backstop (deploy/ documents it). The object never became visible.
-        try:
-            self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except (BotoCoreError, ClientError) as e:
-            log.warning("could not abort multipart upload of s3://%s/%s: %s", bucket, key, e)
+            self.client.upload_file(str(src), bucket, key, Config=self.transfer)
 
     def get_bytes(self, uri: str) -> bytes:
         bucket, key = split_uri(uri)
