@@ -315,3 +315,17 @@ def test_lora_is_loaded_fused_and_changes_the_image(tmp_path, cache, model, vect
 
 def _parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_pipelines_load_in_the_dtype_asked_for(cache, dtype):
+    """The dtype reaches diffusers under the keyword the installed release reads (not ignored into float32)."""
+    import torch
+
+    from factory.dlcr.inpainter import Inpainter
+
+    expected = getattr(torch, dtype)
+    pipe = TextToImage.load(ModelRef(preset="tiny"), cache_dir=cache, dtype=dtype).pipe
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {expected}
+    inpainter = Inpainter.load(ModelRef(preset="tiny"), cache_dir=cache, dtype=dtype)
+    assert inpainter.pipe.unet.dtype == expected

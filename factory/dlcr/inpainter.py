@@ -34,7 +34,7 @@ from PIL import Image
 
 from factory.dlcr.spec import InpaintSamplerSpec
 from factory.errors import FactoryError
-from factory.models.device import torch_dtype
+from factory.models.device import diffusers_dtype
 from factory.models.pipeline import SCHEDULERS
 from factory.models.presets import SHIPPED, preset_path
 from factory.models.reference import ModelRef, resolve_model_path
@@ -96,7 +96,7 @@ class Inpainter:
             folder,
             local_files_only=True,
             use_safetensors=True,
-            dtype=torch_dtype(dtype),
+            **diffusers_dtype(dtype),
             safety_checker=None,
             requires_safety_checker=False,
         )

@@ -15,6 +15,19 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def diffusers_dtype(name: str) -> dict[str, torch.dtype]:
+    """The keyword argument that gives diffusers' `from_pretrained` its dtype in this install.
+
+    diffusers reads `dtype` since its 2026 releases (where `torch_dtype` is deprecated);
+    the releases before read `torch_dtype` and ignore `dtype` with a log line, loading in
+    float32. Ask the installed diffusers rather than guess from a version number.
+    """
+    from diffusers.utils import deprecation_utils
+
+    key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    return {key: torch_dtype(name)}
+
+
 def actor_device(threads: int, dtype: str) -> tuple[str, str]:
     """Set up this worker process for model work; (device, dtype name) to load on.
 

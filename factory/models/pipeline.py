@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
-from factory.models.device import torch_dtype
+from factory.models.device import diffusers_dtype
 from factory.models.presets import preset_path
 from factory.models.reference import ModelRef, existing_file, resolve_model_path
 
@@ -99,7 +99,7 @@ class TextToImage:
         pipe = StableDiffusionPipeline.from_pretrained(
             folder,
             local_files_only=True,
-            dtype=torch_dtype(dtype),
+            **diffusers_dtype(dtype),
             safety_checker=None,
             requires_safety_checker=False,
         )
