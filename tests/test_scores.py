@@ -113,8 +113,9 @@ def test_schema_minor_versions_are_read_and_an_unknown_major_is_refused(tmp_path
 
 
 def test_a_spec_with_quality_makes_a_run_whose_every_image_is_scored(tmp_path, monkeypatch):
-    from factory import api
     from test_generate import make_spec
+
+    from factory import api
 
     monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))
     out = str(tmp_path / "run")

@@ -317,6 +317,7 @@ class OutfitDescriber(Actor[DescriberConfig, DescribeTask, DescribeResult]):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.spec.question}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = self.processor(images=image, text=text, return_tensors="pt").to(self.device)
+        inputs.pop("token_type_ids", None)  # some processors add it; transformers 4.x generate() refuses it
         torch.manual_seed(seed)
         with torch.no_grad():
             out = self.vlm.generate(
@@ -343,6 +344,7 @@ class OutfitDescriber(Actor[DescriberConfig, DescribeTask, DescribeResult]):
         else:  # a base model: the instruction as plain text
             inputs = self.tokenizer(instruction, return_tensors="pt")
         inputs = inputs.to(self.device)
+        inputs.pop("token_type_ids", None)
         torch.manual_seed(seed)
         with torch.no_grad():
             out = self.llm.generate(

@@ -140,6 +140,7 @@ def build_preset(name: str, out_dir: Path, *, inpainting: bool = False) -> Path:
             requires_safety_checker=False,
         )
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    build_clip_tokenizer(out_dir / "tokenizer")  # transformers 5 saves only tokenizer.json; 4.x reads these
     return out_dir
 
 

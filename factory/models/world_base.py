@@ -429,6 +429,8 @@ def train(cfg: TrainConfig, out: Path, progress: Progress, work: Path | None = N
             requires_safety_checker=False,
         )
         pipe.save_pretrained(out, safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; 4.x's CLIPTokenizer reads vocab.json + merges.txt
+    build_clip_tokenizer(out / "tokenizer", TOKENIZER_WORDS)
     write_checksums(out)
     weights = {p.parent.name: p.stat().st_size for p in sorted(out.glob("*/*.safetensors"))}
     return dict(
