@@ -14,9 +14,10 @@ This module imports torch, so `manifests/__init__.py` does not import it: `impor
 manifests` stays free of torch for jobs that only read manifests.
 
 Planned from the manifest, read by byte range
-    The selection (`Selection`: modalities, origins, identities, clothes) is pushed into
-    the manifest read; the rows it keeps (a pyarrow table, not Python objects, so
-    workers share it cheaply) are all the stream ever reads. Each epoch is planned
+    The manifest is read once, only the columns the stream needs, and the selection
+    (`Selection`: modalities, origins, identities, clothes, the identity-score gate) is
+    a pyarrow dataset filter over it; the rows it keeps (a pyarrow table, not Python
+    objects, so workers share it cheaply) are all the stream ever reads. Each epoch is planned
     from those rows alone (`manifests.batching`): which samples form which batch on
     which rank. A DataLoader worker then reads exactly its batches' members by their
     manifest offsets (`manifests.ranges`: neighbouring members merged into one read,
@@ -103,7 +104,7 @@ class Selection:
         return {column: tuple(values) for column, values in fields.items() if values is not None}
 
     def expression(self) -> pc.Expression | None:
-        """The selection as a pyarrow filter (pushed into the manifest read), or None for everything."""
+        """The selection as a pyarrow filter expression, or None for everything."""
         terms = [pc.field(column).isin(list(values)) for column, values in self.columns().items()]
         for column, threshold in (("identity_score", self.min_identity_score), ("identity_margin", self.min_margin)):
             if threshold is not None:
@@ -128,9 +129,9 @@ def select_rows(runs: Sequence[str], selection: Selection) -> tuple[pa.Table, li
     run and `ManifestError` if nothing is selected."""
     tables, cameras = [], set()
     for uri in runs:
-        run = Run(uri)
-        cameras.update(run.dataset(columns=["camera"]).to_table()["camera"].unique().to_pylist())
-        tables.append(run.dataset(columns=list(_ROW_COLUMNS), filter=selection.expression()).to_table())
+        manifest = Run(uri).dataset(columns=list(_ROW_COLUMNS))  # each fragment read once, these columns only
+        cameras.update(manifest.to_table(columns=["camera"])["camera"].unique().to_pylist())
+        tables.append(manifest.to_table(filter=selection.expression()))
     rows = pa.concat_tables(tables)
     if rows.num_rows == 0:
         raise ManifestError(
