@@ -1,7 +1,10 @@
 """Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1) and run URIs.
 
 `run_uri` is parametrised over a local folder and an S3 bucket, so every contract
-test runs against both backends through the same code.
+test runs against both backends through the same code. Every test gets torch's thread
+count back as it found it: an in-process run sets it for its actors, and a float sum
+over another number of threads differs in its last bits (a fine-tune resumed in one
+thread count never matches one run in another).
 """
 
 from __future__ import annotations
@@ -11,6 +14,15 @@ import uuid
 
 import boto3
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
