@@ -33,6 +33,16 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("factory-cache")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """As the actors generate (`actor_device`): one torch thread per CPU they hold, here one. A row's bytes not
+    depending on the rest of its batch holds at that setting; with several threads the work is split by batch
+    size and the last bits can differ. (tests/conftest.py gives the thread count back afterwards.)"""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def model(cache) -> TextToImage:
     return TextToImage.load(ModelRef(preset="tiny"), cache_dir=cache)
