@@ -29,6 +29,7 @@ from factory.datasets import LOADERS
 from factory.errors import FactoryError
 
 Layout = Enum("Layout", {name: name for name in LOADERS}, type=str)
+REID_HELP = "'world' (the shipped identity oracle, for world people) or a `factory train-reid` output folder."
 RUN_HELP = "Run URI: a local folder or s3://bucket/prefix/RUN_ID (S3 endpoint from AWS_ENDPOINT_URL)."
 
 app = typer.Typer(
@@ -313,10 +314,7 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
 @app.command()
 def score(
     run: str = typer.Argument(..., help=RUN_HELP),
-    reid: str = typer.Option(
-        "world", "--reid",
-        help="'world' (the shipped identity oracle, for world people) or a `factory train-reid` output folder.",
-    ),
+    reid: str = typer.Option("world", "--reid", help=REID_HELP),
 ) -> None:
     """Add a ReID model's identity score to every image of a run, without touching its tars.
 
@@ -341,10 +339,7 @@ def score(
 @app.command()
 def identity(
     run: str = typer.Argument(..., help=RUN_HELP),
-    reid: str = typer.Option(
-        "world", "--reid",
-        help="'world' (the shipped identity oracle, for world people) or a `factory train-reid` output folder.",
-    ),
+    reid: str = typer.Option("world", "--reid", help=REID_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Score a run's identity consistency: are its RGB and IR images of one identity one person?
