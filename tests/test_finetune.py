@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from diffusers import StableDiffusionPipeline
 from helpers import run_cli
 from safetensors.torch import load_file
 
 from factory import api
 from factory.datasets import load_dataset
+from factory.dive.finetune.batches import StepPositions, batch_loader
 from factory.dive.finetune.captions import camera_codes
 from factory.dive.finetune.run import _source, finetune
 from factory.dive.finetune.spec import FinetuneSpec
@@ -29,6 +31,7 @@ from factory.dive.finetune.trainset import build_finetune_set
 from factory.dive.spec import GenerateSpec
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
+from factory.models.presets import preset_path
 from manifests import Run
 
 SPEC = {
@@ -87,6 +90,8 @@ def test_only_lora_and_new_token_rows_change(tmp_path):
     trainset = build_finetune_set([_source(s) for s in spec.datasets])
     trainer = Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")
     models = {"unet": trainer.unet, "vae": trainer.vae, "text": trainer.text_encoder}
+    embedding = trainer.text_encoder.get_input_embeddings()
+    table_before = embedding.get_merged_weights(["default"]).detach().clone()
     before = {f"{m}.{n}": p.detach().clone() for m, model in models.items() for n, p in model.named_parameters()}
     for _ in range(3):
         trainer.train_step()
@@ -94,11 +99,43 @@ def test_only_lora_and_new_token_rows_change(tmp_path):
 
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     lora = {name for name in before if "lora_" in name}
-    # transformers 4.x names it under `text_model.`, 5.x without
-    [embedding] = [name for name in before if name.endswith("embeddings.token_embedding.weight")]
-    assert changed == lora | {embedding}
-    rows_changed = (before[embedding] != after[embedding]).any(dim=1).nonzero().flatten().tolist()
+    [rows] = [name for name in before if name.endswith("trainable_tokens_delta.default")]
+    assert changed == lora | {rows}  # the base token table is not a trained parameter
+    table_after = embedding.get_merged_weights(["default"]).detach()
+    rows_changed = (table_before != table_after).any(dim=1).nonzero().flatten().tolist()
     assert rows_changed == sorted(trainer.token_ids)  # every identity row moved, nothing else
+
+    # The optimizer holds the LoRA and the new rows only (one 32-wide row per identity), not the whole table.
+    held = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert sum(p.numel() for p in held) == sum(before[name].numel() for name in lora) + len(trainer.identities) * 32
+    assert len(trainer.tokenizer) > len(trainer.identities) + 100  # ...of a table with far more rows
+    state = sum(t.numel() for s in trainer.optimizer.state.values() for t in s.values() if t.dim())
+    assert state == 2 * sum(p.numel() for p in held)  # AdamW's two moments, of those numbers only
+
+
+def test_batches_do_not_depend_on_workers_or_where_reading_starts(tmp_path):
+    """Each micro-batch is the same whether one process or two workers read it, and whether reading starts
+    at step 0 or at the step a resume starts from; every image is seen once per epoch."""
+    spec = make_spec(tmp_path / "ft", gradient_accumulation=2)
+    trainset = build_finetune_set([_source(s) for s in spec.datasets])
+    trainer = Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")
+
+    def read(start: int, workers: int, processes: int = 1, rank: int = 0) -> list[dict]:
+        positions = StepPositions(spec, processes=processes, rank=rank, start=start)
+        return list(batch_loader(trainer.samples, positions, workers=workers))
+
+    whole, parallel, resumed = read(0, 0), read(0, 2), read(5, 2)
+    assert len(whole) == spec.steps * 2 and len(resumed) == (spec.steps - 5) * 2
+    for a, b in zip(whole, parallel):
+        assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["input_ids"], b["input_ids"])
+    for a, b in zip(whole[10:], resumed):
+        assert torch.equal(a["pixels"], b["pixels"]) and a["caption"] == b["caption"]
+    # Two processes split the same positions: rank 0 and 1 of 2 read alternate micro-batches' worth.
+    ranks = [StepPositions(spec, processes=2, rank=r, start=0) for r in (0, 1)]
+    firsts = sorted(batch[0] for sampler in ranks for batch in sampler)
+    assert firsts == list(range(0, 2 * spec.steps * 2 * spec.batch_size, spec.batch_size))
+    epoch = trainer.samples.epoch_order(0)
+    assert sorted(epoch.tolist()) == list(range(len(trainset.images)))
 
 
 @pytest.mark.slow
@@ -157,6 +194,14 @@ def test_outputs_load_into_the_engine_and_steer_it(finished, tmp_path):
     assert run(str(tmp_path / "b"), two) == first  # and reproduced with the same seed
     without_lora = run(str(tmp_path / "c"), two, lora=False)
     assert without_lora[(two[0], "rgb")] != first[(two[0], "rgb")]  # the LoRA changes what is drawn
+
+    # Plain diffusers reads both too: the LoRA, and a bank row as a textual-inversion embedding.
+    pipe = StableDiffusionPipeline.from_pretrained(preset_path("tiny"), safety_checker=None, local_files_only=True)
+    pipe.load_lora_weights(str(model), weight_name="lora.safetensors")
+    token, row = bank.tokens[0], torch.from_numpy(bank.vectors[0])
+    pipe.load_textual_inversion({token: row}, token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    assert torch.equal(table[pipe.tokenizer.convert_tokens_to_ids(token)], row) and pipe.get_active_adapters()
 
 
 @pytest.mark.slow
@@ -279,14 +324,14 @@ def test_descriptions_start_each_identity_from_its_words(tmp_path):
     assert trainset.words == {0: "red shirt blue pants", 1: "black coat", 2: "white dress"}  # sysu pids renumbered
     trainer = Trainer(spec, trainset, camera_codes(sorted(trainset.cameras), seed=spec.seed), tmp_path / "ft")
     assert trainer.tokens_per_identity == 4
-    table = trainer.embeddings.detach()
+    table = trainer.text_encoder.get_input_embeddings().base_layer.weight.detach()
     word_rows = table[trainer.tokenizer.encode("red shirt blue pants black coat person", add_special_tokens=False)]
     person = word_rows[-1]
     start = trainer.identity_rows()
     torch.testing.assert_close(start[0], word_rows[:4])
     torch.testing.assert_close(start[1], torch.stack([word_rows[4], word_rows[5], person, person]))
     torch.testing.assert_close(start[3], person.expand(4, -1))  # a market identity: no description
-    captions = [c for step in range(4) for c in trainer._batch(step, 0)[1]]
+    captions = [trainer.samples[position]["caption"] for position in range(16)]
     named = [c for c in captions if "<class_" in c]
     assert named and all(re.search(r"<class_(\d+)_0> <class_\1_1> <class_\1_2> <class_\1_3> person$", c) for c in named)
 

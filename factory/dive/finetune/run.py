@@ -1,7 +1,7 @@
 """`factory finetune`: build the training set, train, checkpoint, export what the engine loads.
 
 OUT/                      (per modality in separate mode: OUT/rgb/, OUT/ir/)
-  checkpoints/step-N/     LoRA, identity rows, optimizer state, step
+  checkpoints/step-N/     accelerate state: LoRA, token rows, optimizer, scaler, RNG; and the step
   losses.jsonl            one line per optimizer step
   model/                  the export, loadable without any training code:
     lora.safetensors      UNet LoRA (diffusers format, with its adapter config)
@@ -148,8 +148,8 @@ def finetune(spec: FinetuneSpec, *, resume: bool = False, on_step: OnStep | None
             if main:
                 with open(target / LOSSES, "a") as log:
                     log.write(json.dumps({"step": result.step, "loss": result.loss}) + "\n")
-                if result.step % spec.checkpoint_every == 0 or result.step == spec.steps:
-                    trainer.save_checkpoint(fingerprint)
+            if result.step % spec.checkpoint_every == 0 or result.step == spec.steps:
+                trainer.save_checkpoint(fingerprint)
             if on_step:
                 on_step(part or "joint", result.step, spec.steps, result.loss)
         trainer.accelerator.wait_for_everyone()

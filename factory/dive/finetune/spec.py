@@ -79,6 +79,7 @@ class FinetuneSpec(Strict):
     steps: int = Field(400_000, ge=1, description="optimizer steps")
     checkpoint_every: int = Field(40_000, ge=1)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    workers: int = Field(2, ge=0, description="DataLoader processes decoding images ahead of the step (0: the trainer)")
 
     @model_validator(mode="after")
     def _mode_fields(self) -> FinetuneSpec:
@@ -90,4 +91,4 @@ class FinetuneSpec(Strict):
         return self
 
     def content(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"output", "checkpoint_every"})
+        return self.model_dump(mode="json", exclude={"output", "checkpoint_every", "workers"})  # neither changes a weight

@@ -1,15 +1,18 @@
 """DiVE's fine-tuning loop: UNet LoRA + textual-inversion rows, trained jointly (docs/METHODS.md §2.2).
 
-What trains: the LoRA on the UNet's attention projections (peft) and the embedding rows
-of the new identity tokens; everything else is frozen, and pre-existing embedding rows
-are restored after every step (AdamW's decoupled weight decay would otherwise touch
-them). One AdamW over two parameter groups, constant learning rates, gradients of the
-LoRA clipped. Objective: DDPM epsilon-prediction MSE.
+What trains: the LoRA on the UNet's attention projections and the embedding rows of the
+new tokens, both through peft (the rows as its trainable tokens: the optimizer, its state
+and the gradient all-reduce hold only those rows, never the 49,408-row table). Everything
+else is frozen. The text encoder and the UNet are one `nn.Module` (`TextToNoise`), so
+accelerate wraps, autocasts and checkpoints one model. One AdamW over two parameter
+groups, constant learning rates, gradients of the LoRA clipped. Objective: DDPM
+epsilon-prediction MSE.
 
-Determinism and exact resume: the samples, flips, captions, timesteps and noise of
-optimizer step s are derived from (seed, s), never from a running random state, so a
-checkpoint needs only the weights, the optimizer state and s. A run resumed from a
-checkpoint makes the same steps as one that never stopped.
+Determinism and exact resume: the samples, flips and captions of optimizer step s are
+derived from (seed, s) (`batches.py`), its timesteps and noise from (seed, s, micro-batch,
+process), never from a running random state. A checkpoint is `accelerator.save_state()`
+(the trained tensors only, optimizer, GradScaler, RNG states) plus s, so a run resumed
+from one makes the same steps as one that never stopped.
 """
 
 from __future__ import annotations
@@ -17,26 +20,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig
+from peft import LoraConfig, TrainableTokensConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from factory.dive.finetune.captions import caption, identity_tokens
-from factory.dive.finetune.images import load_training_image
+from factory.dive.finetune.batches import CaptionedImages, StepPositions, batch_loader
+from factory.dive.finetune.captions import identity_tokens
 from factory.dive.finetune.spec import FinetuneSpec
 from factory.dive.finetune.trainset import FinetuneSet
 from factory.errors import FactoryError
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 MAX_IDENTITY_TOKENS = 60  # the longest template, the camera code and the special tokens take the rest of 77
 LOSSES = "losses.jsonl"
+LORA_FILE, ROWS_FILE = "lora.safetensors", "token_rows.safetensors"  # the trained tensors of a checkpoint
 
 
 def base_folder(spec: FinetuneSpec) -> Path:
@@ -71,6 +74,18 @@ def _fused_unet(folder: Path, lora: str) -> UNet2DConditionModel:
     return pipe.unet
 
 
+class TextToNoise(nn.Module):
+    """Caption ids + noisy latents -> predicted noise: the text encoder and the UNet as the one trained model."""
+
+    def __init__(self, text_encoder: CLIPTextModel, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.text_encoder, self.unet = text_encoder, unet
+
+    def forward(self, input_ids: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        hidden = self.text_encoder(input_ids)[0].to(noisy.dtype)
+        return self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+
+
 @dataclass
 class StepResult:
     step: int
@@ -78,7 +93,7 @@ class StepResult:
 
 
 class Trainer:
-    """Holds the models, optimizer and training set of one fine-tune, stepped by `train_step()`.
+    """Holds the models, optimizer and batches of one fine-tune, stepped by `train_step()`.
 
     In embed mode there is no new LoRA: the base's LoRA is fused into the frozen UNet and
     only the new identities' rows train (textual inversion).
@@ -96,13 +111,13 @@ class Trainer:
             return cls.from_pretrained(folder, subfolder=name, local_files_only=True)
 
         self.tokenizer: CLIPTokenizer = part(CLIPTokenizer, "tokenizer")
-        self.text_encoder: CLIPTextModel = part(CLIPTextModel, "text_encoder")
+        text_encoder: CLIPTextModel = part(CLIPTextModel, "text_encoder")
         self.vae: AutoencoderKL = part(AutoencoderKL, "vae")
         self.train_lora = spec.mode != "embed"
         if spec.base.lora and not self.train_lora:
-            self.unet: UNet2DConditionModel = _fused_unet(folder, spec.base.lora)
+            unet: UNet2DConditionModel = _fused_unet(folder, spec.base.lora)
         else:
-            self.unet = part(UNet2DConditionModel, "unet")
+            unet = part(UNet2DConditionModel, "unet")
         self.noise_scheduler: DDPMScheduler = part(DDPMScheduler, "scheduler")
 
         self.identities = trainset.identities()
@@ -113,17 +128,18 @@ class Trainer:
         self.camera_tokens = sorted(c for c in codes.values() if spec.camera_tokens == "learned")
         names = [t for i in self.identities for t in self.identity_tokens[i]] + self.camera_tokens
         init_ids = [t for i in self.identities for t in init[i]] + [self._token_init_id()] * len(self.camera_tokens)
-        self.token_ids = self._add_tokens(names, init_ids)
-        self.identity_ids = self.token_ids[: len(self.identities) * self.tokens_per_identity]
-        for model in (self.vae, self.unet, self.text_encoder):
+        self.token_ids = self._add_tokens(text_encoder, names, init_ids)
+        self.identity_count = len(self.identities) * self.tokens_per_identity
+        for model in (self.vae, unet, text_encoder):
             model.requires_grad_(False)
-        self.embeddings = self.text_encoder.get_input_embeddings().weight
-        self.embeddings.requires_grad_(True)
-        self.frozen_rows = self.embeddings.detach().clone()
+        # The new rows, and only they, train: row j of `token_rows` is token `token_ids[j]`.
+        inject_adapter_in_model(TrainableTokensConfig(target_modules=["token_embedding"], token_indices=self.token_ids),
+                                text_encoder)
+        self.token_rows: nn.Parameter = text_encoder.get_input_embeddings().trainable_tokens_delta["default"]
         if self.train_lora:
             with torch.random.fork_rng(devices=[]):  # peft draws the LoRA's initial A from the global RNG
                 torch.manual_seed(derive_seed(spec.seed, "lora-init"))
-                self.unet.add_adapter(
+                unet.add_adapter(
                     LoraConfig(
                         r=spec.lora_rank,
                         lora_alpha=spec.lora_alpha or spec.lora_rank,
@@ -132,26 +148,30 @@ class Trainer:
                     )
                 )
         device = self.accelerator.device
-        for frozen in (self.vae, self.unet):  # frozen weights in the mixed-precision dtype
+        for frozen in (self.vae, unet):  # frozen weights in the mixed-precision dtype
             frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, dtype=weight_dtype)
-        self.text_encoder.to(device)
-        cast_training_params(self.unet, dtype=torch.float32)  # LoRA weights train in fp32
-        self.lora_params = [p for p in self.unet.parameters() if p.requires_grad]
-        groups = [{"params": [self.embeddings], "lr": spec.ti_learning_rate}]
+        text_encoder.to(device)
+        cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32
+        self.lora_params = [p for p in unet.parameters() if p.requires_grad]
+        groups = [{"params": [self.token_rows], "lr": spec.ti_learning_rate}]
         if self.lora_params:
             groups.insert(0, {"params": self.lora_params, "lr": spec.learning_rate})
-        self.optimizer = torch.optim.AdamW(
-            groups,
-            betas=(0.9, 0.999),
-            weight_decay=spec.weight_decay,
-            eps=1e-8,
-        )
-        self.unet, self.text_encoder, self.optimizer = self.accelerator.prepare(
-            self.unet, self.text_encoder, self.optimizer
-        )
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=spec.weight_decay, eps=1e-8)
+        self.model, self.optimizer = self.accelerator.prepare(TextToNoise(text_encoder, unet), optimizer)
+        self.accelerator.register_save_state_pre_hook(self._save_trained)
+        self.accelerator.register_load_state_pre_hook(self._load_trained)
         self.weight_dtype = weight_dtype
-        self._orders: dict[int, np.ndarray] = {}
+        self.samples = CaptionedImages(spec, trainset, self.identity_tokens, codes, self.tokenizer)
+        self._batches: Iterator[dict] | None = None
         self.step = 0
+
+    @property
+    def unet(self) -> UNet2DConditionModel:
+        return self.accelerator.unwrap_model(self.model).unet
+
+    @property
+    def text_encoder(self) -> CLIPTextModel:
+        return self.accelerator.unwrap_model(self.model).text_encoder
 
     def _token_init_id(self) -> int:
         init = self.tokenizer.encode(self.spec.token_init, add_special_tokens=False)
@@ -178,57 +198,42 @@ class Trainer:
             )
         return {i: words.get(i, []) + [fill] * (k - len(words.get(i, []))) for i in self.identities}
 
-    def _add_tokens(self, tokens: list[str], init_ids: list[int]) -> list[int]:
+    def _add_tokens(self, text_encoder: CLIPTextModel, tokens: list[str], init_ids: list[int]) -> list[int]:
         """New vocabulary rows for `tokens`, each a copy of the row of the matching `init_ids`."""
         clash = [t for t in tokens if t in self.tokenizer.get_vocab()]
         if clash:
             raise FactoryError(f"the base tokenizer already has {clash[0]}: fine-tune from plain weights")
         self.tokenizer.add_tokens(tokens)
-        self.text_encoder.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        text_encoder.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
         ids = self.tokenizer.convert_tokens_to_ids(tokens)
-        rows = self.text_encoder.get_input_embeddings().weight
+        rows = text_encoder.get_input_embeddings().weight
         with torch.no_grad():
             rows[ids] = rows[init_ids].clone()
         return ids
 
-    # ---- data, derived per step ------------------------------------------------------
+    # ---- one optimizer step ----------------------------------------------------------
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        """The sample order of `epoch` (kept for the current epoch only: a batch may straddle two)."""
-        if epoch not in self._orders:
-            rng = np.random.default_rng(derive_seed(self.spec.seed, "epoch", epoch))
-            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
-            self._orders[epoch] = rng.permutation(len(self.trainset.images))
-        return self._orders[epoch]
+    def _next_batch(self) -> dict:
+        """The next micro-batch; the loader starts at the current step (so after a resume, where it left off)."""
+        if self._batches is None:
+            accelerator = self.accelerator
+            positions = StepPositions(self.spec, processes=accelerator.num_processes,
+                                      rank=accelerator.process_index, start=self.step)
+            self._batches = iter(batch_loader(self.samples, positions, workers=self.spec.workers))
+        return next(self._batches)
 
-    def _batch(self, step: int, micro: int) -> tuple[torch.Tensor, list[str]]:
-        spec, accelerator = self.spec, self.accelerator
-        per_step = spec.batch_size * accelerator.num_processes
-        first = ((step * spec.gradient_accumulation + micro) * per_step) + accelerator.process_index * spec.batch_size
-        pixels, captions = [], []
-        for position in range(first, first + spec.batch_size):
-            image = self.trainset.images[self._epoch_order(position // len(self.trainset.images))[position % len(self.trainset.images)]]
-            rng = random.Random(derive_seed(spec.seed, "sample", position))
-            pixels.append(load_training_image(image.path, spec.width, spec.height, flip=rng.random() < 0.5))
-            tokens = " ".join(self.identity_tokens[image.identity])
-            captions.append(caption(self.codes[image.camera], tokens, rng, spec.p_identity_caption))
-        return torch.stack(pixels), captions
-
-    def _loss(self, pixels: torch.Tensor, captions: list[str], generator: torch.Generator) -> torch.Tensor:
+    def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         device = self.accelerator.device
         with torch.no_grad():
-            latents = self.vae.encode(pixels.to(device, self.weight_dtype)).latent_dist.sample(generator=generator)
+            pixels = batch["pixels"].to(device, self.weight_dtype, non_blocking=True)
+            latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
             latents = latents * self.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(device)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
         ).to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        ids = self.tokenizer(
-            captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(device)
-        hidden = self.text_encoder(ids)[0].to(self.weight_dtype)
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        prediction = self.model(batch["input_ids"].to(device, non_blocking=True), noisy, timesteps)
         return F.mse_loss(prediction.float(), noise.float())
 
     def train_step(self) -> StepResult:
@@ -236,18 +241,13 @@ class Trainer:
         total = 0.0
         for micro in range(spec.gradient_accumulation):
             generator = torch.Generator().manual_seed(derive_seed(spec.seed, "noise", step, micro, self.accelerator.process_index))
-            pixels, captions = self._batch(step, micro)
-            loss = self._loss(pixels, captions, generator) / spec.gradient_accumulation
+            loss = self._loss(self._next_batch(), generator) / spec.gradient_accumulation
             self.accelerator.backward(loss)
             total += loss.item()
         if self.lora_params:
             self.accelerator.clip_grad_norm_(self.lora_params, spec.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():  # only the new identity rows may move
-            keep = torch.ones(self.embeddings.shape[0], dtype=torch.bool)
-            keep[self.token_ids] = False
-            self.embeddings[keep] = self.frozen_rows[keep].to(self.embeddings.dtype)
         self.step += 1
         return StepResult(self.step, total)
 
@@ -255,52 +255,65 @@ class Trainer:
 
     def identity_rows(self) -> torch.Tensor:
         """[N, D] for one token per identity (DiVE), [N, K, D] for K."""
-        rows = self.embeddings.detach()[self.identity_ids].float().cpu()
+        rows = self.token_rows.detach()[: self.identity_count].float().cpu()
         k = self.tokens_per_identity
         return rows if k == 1 else rows.reshape(len(self.identities), k, -1)
 
     def camera_rows(self) -> dict[str, torch.Tensor]:
         """Learned camera token -> its row (empty with DiVE's frozen code strings)."""
-        ids = self.token_ids[len(self.identity_ids) :]
-        return {token: self.embeddings.detach()[i].float().cpu().clone() for token, i in zip(self.camera_tokens, ids)}
+        rows = self.token_rows.detach()[self.identity_count :].float().cpu()
+        return {token: row.clone() for token, row in zip(self.camera_tokens, rows)}
 
     def lora_state(self) -> dict[str, torch.Tensor]:
         if not self.train_lora:
             return {}
-        unet = self.accelerator.unwrap_model(self.unet)
-        return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+        return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
+
+    def _save_trained(self, models: list[nn.Module], weights: list[dict], folder: str) -> None:
+        """save_state hook: of the model, keep only what trains (the frozen base is the base model's files)."""
+        if self.accelerator.is_main_process:
+            save_file(self.lora_state(), Path(folder) / LORA_FILE)
+            save_file({"rows": self.token_rows.detach().cpu().contiguous()}, Path(folder) / ROWS_FILE)
+        weights.clear()
+
+    def _load_trained(self, models: list[nn.Module], folder: str) -> None:
+        """load_state hook: the counterpart of `_save_trained`; accelerate then loads the rest."""
+        if self.train_lora:
+            set_peft_model_state_dict(self.unet, load_file(Path(folder) / LORA_FILE))
+        with torch.no_grad():
+            self.token_rows.copy_(load_file(Path(folder) / ROWS_FILE)["rows"])
+        models.clear()
 
     def save_checkpoint(self, fingerprint: str) -> Path:
-        """checkpoints/step-NNNNNNNN/, made in a temp folder and renamed into place."""
+        """checkpoints/step-NNNNNNNN/, written in a staging folder and renamed into place; every process calls it."""
         root = self.out / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-        save_file(self.lora_state(), staging / "lora.safetensors")
-        rows = self.embeddings.detach()[self.token_ids].float().cpu().contiguous()
-        save_file({"rows": rows}, staging / "token_rows.safetensors")
-        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
-        (staging / "state.json").write_text(json.dumps({"step": self.step, "spec_fingerprint": fingerprint}))
         final = root / f"step-{self.step:08d}"
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        staging = root / f".{final.name}.partial"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))  # each process writes its own RNG states
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            (staging / "state.json").write_text(json.dumps({"step": self.step, "spec_fingerprint": fingerprint}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging, final)
+        self.accelerator.wait_for_everyone()
         return final
 
     def load_checkpoint(self, folder: Path, fingerprint: str) -> None:
         state = json.loads((folder / "state.json").read_text())
         if state["spec_fingerprint"] != fingerprint:
             raise FactoryError(f"{folder} was made from another spec; fine-tune into a new --out")
-        if self.train_lora:
-            unet = self.accelerator.unwrap_model(self.unet)
-            set_peft_model_state_dict(unet, load_file(folder / "lora.safetensors"))
-        with torch.no_grad():
-            rows = load_file(folder / "token_rows.safetensors")["rows"]
-            self.embeddings[self.token_ids] = rows.to(self.embeddings.device, self.embeddings.dtype)
-        # weights_only: the optimizer state is tensors and numbers; nothing is unpickled.
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        if not (folder / ROWS_FILE).is_file():
+            raise FactoryError(f"{folder} is a checkpoint of an older release; fine-tune into a new --out")
+        self.accelerator.load_state(str(folder))  # torch.load(weights_only=True) inside: nothing is unpickled
         self.step = state["step"]
+        self._batches = None
 
     def export_lora(self, path: Path) -> None:
-        unet = self.accelerator.unwrap_model(self.unet)
+        unet = self.unet
         config = unet.peft_config["default"]
         StableDiffusionPipeline.save_lora_weights(
             path.parent,
