@@ -134,7 +134,9 @@ def test_a_damaged_run_image_stops_training_with_its_name(tmp_path):
         ts.images.take([0])
 
 
-def test_dataloader_workers_train_the_same_model_as_the_training_process(demo_run):
+@pytest.mark.parametrize("arch", ["agw", "caj"])
+def test_dataloader_workers_train_the_same_model_as_the_training_process(demo_run, arch):
+    """The workers read and augment (CAJ: three views, erasing); the model does not depend on how many there are."""
     import torch
 
     from factory.reid.spec import ModelSpec, TrainSpec
@@ -142,13 +144,31 @@ def test_dataloader_workers_train_the_same_model_as_the_training_process(demo_ru
 
     splits = load_dataset("world://sysu?identities=6&seed=0")
     ts, _ = build_trainset(splits["train"], splits.root, [RunSource(uri=demo_run)], MixSpec(), SIZE)
-    model = ModelSpec(arch="agw", preset="tiny", height=SIZE[0], width=SIZE[1])
+    model = ModelSpec(arch=arch, preset="tiny", height=SIZE[0], width=SIZE[1])
     weights = []
     for workers in (0, 2):
         train = TrainSpec(epochs=2, p=3, k=2, lr=0.002, batches_per_epoch=3, workers=workers, device="cpu")
         trained = train_model(ts, model, train, seed=4)
         weights.append(trained.model.state_dict())
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_bf16_precision_runs_the_forward_under_autocast(demo_run):
+    import torch
+
+    from factory.reid.spec import ModelSpec, TrainSpec
+    from factory.reid.train import train_model
+
+    ts, _ = build_trainset([], None, [RunSource(uri=demo_run)], MixSpec(), SIZE)
+    model = ModelSpec(arch="agw", preset="tiny", height=SIZE[0], width=SIZE[1])
+    results = {}
+    for precision in ("fp32", "bf16"):
+        train = TrainSpec(epochs=1, p=3, k=2, lr=0.002, batches_per_epoch=2, precision=precision, device="cpu")
+        results[precision] = train_model(ts, model, train, seed=4)
+    assert all(np.isfinite(entry["loss"]) for trained in results.values() for entry in trained.log)
+    fp32, bf16 = (results[p].model.state_dict() for p in ("fp32", "bf16"))
+    assert all(bf16[name].dtype == fp32[name].dtype for name in fp32)  # weights stay fp32; only the compute is bf16
+    assert not all(torch.equal(fp32[name], bf16[name]) for name in fp32)
 
 
 def test_every_batch_is_p_identities_by_k_per_modality():

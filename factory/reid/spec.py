@@ -96,7 +96,10 @@ class TrainSpec(Strict):
     milestones: list[int] = Field([], description="epochs where the lr is multiplied by 0.1 (AGW: [20, 50])")
     cal_start_epoch: int = Field(25, ge=0, description="CAL: epoch from which the adversarial loss is on")
     checkpoint_every: int = Field(1, ge=1, description="save the weights every N epochs")
-    workers: int = Field(0, ge=0, description="DataLoader processes reading and decoding batches (0: the training process)")
+    workers: int = Field(0, ge=0, description="DataLoader processes reading and augmenting batches (0: the training process)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="forward passes under bf16 autocast (auto: on CUDA); bf16 needs no loss scaling"
+    )
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
 

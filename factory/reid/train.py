@@ -14,24 +14,30 @@ loss on the real half only, the clothes classifier with its own Adam.
 Identities are relabelled 0..C−1 in sorted class-id order (`class_ids` in the result).
 The learning rate follows a linear warm-up then ×0.1 at each milestone; the backbone's
 rate is `backbone_lr_mult` × the head's. Randomness: torch seeded once, batches by
-(seed, epoch), augmentations by a generator seeded with (seed, epoch).
+(seed, epoch), the augmentations of batch b of epoch e by a generator seeded with
+(seed, e, b).
 
-Images: each batch's images are read and decoded by a DataLoader (`train.workers`
-processes, or the training process with 0) from the set's `images` (stored images
-are read from their files and shards then, never all at once); augmentation stays
-on the training thread, so any number of workers gives the same model.
+Images: a DataLoader (`train.workers` processes, or the training process with 0)
+reads each planned batch's images from the set's `images` (stored images are read
+from their files and shards then, never all at once) and augments them into the
+model's input tensors; the workers stay up across epochs and hand over pinned memory
+on a GPU. Since a batch's augmentation depends only on (seed, epoch, batch), any
+number of workers gives the same model. The forward passes and losses run under
+`torch.autocast` in bf16 where `train.precision` asks for it (auto: on CUDA).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from factory.datasets.records import Record
 from factory.reid.augment import eval_view, load_resized, train_view
@@ -44,6 +50,8 @@ from factory.reid.sampler import Batch, IdentitySampler, progressive_fraction
 from factory.reid.spec import MixSpec, ModelSpec, TrainSpec, VariantsSpec
 
 ReidModel = TwoStreamResNet | CALNet
+Views = Callable[[Batch, np.ndarray, np.random.Generator], dict[str, torch.Tensor]]  # runs in the workers
+Autocast = Callable[[], AbstractContextManager]
 EpochHook = Callable[[int, dict, nn.Module], None]
 BatchHook = Callable[[int, int, int], None]
 
@@ -98,23 +106,44 @@ def _set_lr(opt: torch.optim.Optimizer, factor: float) -> None:
         group["lr"] = group["base_lr"] * factor
 
 
-class BatchImages(Dataset):
-    """Map-style view of a set's images whose items are whole batches: `dataset[indices]` -> (n, H, W, 3) uint8."""
+class PlannedBatches(Sampler[tuple[int, int, Batch]]):
+    """The current epoch's batches as (epoch, number, batch) keys; the trainer plans each epoch before reading it."""
 
-    def __init__(self, images) -> None:
-        self.images = images
+    def __init__(self) -> None:
+        self.epoch, self.batches = 0, []
 
-    def __getitem__(self, indices: list[int]) -> np.ndarray:
-        return self.images.take(indices) if isinstance(self.images, StoredImages) else self.images[indices]
+    def plan(self, epoch: int, batches: list[Batch]) -> None:
+        self.epoch, self.batches = epoch, batches
+
+    def __iter__(self) -> Iterator[tuple[int, int, Batch]]:
+        return iter([(self.epoch, number, batch) for number, batch in enumerate(self.batches)])
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
-def _as_is(images: np.ndarray) -> np.ndarray:
-    return images
+class AugmentedBatches(Dataset):
+    """(epoch, number, batch) -> the batch's input tensors: its images read, decoded and augmented."""
+
+    def __init__(self, images, views: Views, seed: int) -> None:
+        self.images, self.views, self.seed = images, views, seed
+
+    def __getitem__(self, key: tuple[int, int, Batch]) -> dict[str, torch.Tensor]:
+        epoch, number, batch = key
+        order = batch_order(batch)
+        images = self.images.take(order) if isinstance(self.images, StoredImages) else self.images[order]
+        return self.views(batch, images, np.random.default_rng([self.seed, epoch, number, 1]))
 
 
 def batch_order(batch: Batch) -> list[int]:
     """The images a step uses, in the order its pixels arrive: each group's indices, then variants."""
     return [i for group in batch.indices.values() for i in group] + batch.variants
+
+
+def autocast_for(precision: str, device: torch.device) -> Autocast:
+    """A context for forward passes: bf16 autocast when asked for (auto: on CUDA), otherwise a no-op."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def train_model(
@@ -137,11 +166,17 @@ def train_model(
     relabel = {pid: j for j, pid in enumerate(class_ids)}
     device = resolve_device(train.device)
     model = build_reid_model(model_spec, len(class_ids)).to(device)
+    autocast = autocast_for(train.precision, device)
     if model_spec.arch == "cal":
-        step = _cal_step(model, trainset, relabel, train, device)
+        views, step = _cal_views, _cal_step(model, trainset, relabel, train, autocast, device)
     else:
-        step = _two_stream_step(model, model_spec, device)
+        caj = model_spec.arch == "caj"
+        views, step = partial(_two_stream_views, caj=caj), _two_stream_step(model, caj, autocast)
     opt = _optimizer(model, train)
+    plan = PlannedBatches()
+    loader = DataLoader(AugmentedBatches(trainset.images, views, seed), sampler=plan, batch_size=None,
+                        num_workers=train.workers, persistent_workers=train.workers > 0,
+                        pin_memory=device.type == "cuda")
     log: list[dict] = []
     model.train()
     for epoch in range(train.epochs):
@@ -149,14 +184,13 @@ def train_model(
         fraction = None
         if variants is not None and variants.progressive:
             fraction = progressive_fraction(epoch, variants.thresholds, variants.fractions)
-        rng = np.random.default_rng([seed, epoch, 1])
         batches = list(sampler.epoch(epoch, fraction))
-        pixels = DataLoader(BatchImages(trainset.images), sampler=[batch_order(b) for b in batches], batch_size=None,
-                            num_workers=train.workers, collate_fn=_as_is)
+        plan.plan(epoch, batches)
         totals: dict[str, float] = {}
-        for i, (batch, images) in enumerate(zip(batches, pixels)):
+        for i, (batch, inputs) in enumerate(zip(batches, loader, strict=True)):
             y = torch.tensor([relabel[pid] for pid in batch.labels], device=device)
-            losses = step(batch, images, y, rng, epoch)
+            inputs = {name: x.to(device, non_blocking=True) for name, x in inputs.items()}
+            losses = step(batch, inputs, y, epoch)
             opt.zero_grad()
             losses["loss"].backward()
             opt.step()
@@ -175,27 +209,35 @@ def train_model(
     return Trained(model, class_ids, log)
 
 
-def _views(images: np.ndarray, view: str, rng: np.random.Generator, erasing: float,
-           device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.stack([train_view(image, view, rng, erasing) for image in images])).to(device)
+def _views(images: np.ndarray, view: str, rng: np.random.Generator, erasing: float) -> torch.Tensor:
+    return torch.from_numpy(np.stack([train_view(image, view, rng, erasing) for image in images]))
 
 
-def _two_stream_step(model: TwoStreamResNet, model_spec: ModelSpec, device: torch.device):
-    caj = model_spec.arch == "caj"
+def _two_stream_views(batch: Batch, images: np.ndarray, rng: np.random.Generator, caj: bool) -> dict[str, torch.Tensor]:
+    """AGW: the RGB and IR images as they are (augmented); CAJ adds erasing, its IR view and the exchanged RGB."""
+    n, erasing = len(batch.indices["rgb"]), 0.5 if caj else 0.0
+    rgb, ir = images[:n], images[n : 2 * n]
+    views = {"rgb": _views(rgb, "visible", rng, erasing), "ir": _views(ir, "ir" if caj else "visible", rng, erasing)}
+    if caj:
+        views["exchange"] = _views(rgb, "visible_exchange", rng, erasing)
+    return views
+
+
+def _cal_views(batch: Batch, images: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    return {"x": _views(images, "visible", rng, 0.5)}  # the batch's images, then its variants
+
+
+def _two_stream_step(model: TwoStreamResNet, caj: bool, autocast: Autocast):
     ce = CrossEntropyLabelSmooth(0.0)
     metric = ADPLoss() if caj else WRTLoss()
-    erasing = 0.5 if caj else 0.0
 
-    def step(batch, images, y, rng, epoch) -> dict[str, torch.Tensor]:
-        n = len(batch.indices["rgb"])
-        rgb, ir = images[:n], images[n : 2 * n]
-        x_rgb = _views(rgb, "visible", rng, erasing, device)
-        x_ir = _views(ir, "ir" if caj else "visible", rng, erasing, device)
-        labels = torch.cat([y, y])
+    def step(batch, inputs, y, epoch) -> dict[str, torch.Tensor]:
+        x_rgb, labels = inputs["rgb"], torch.cat([y, y])
         if caj:
-            x_rgb = torch.cat([x_rgb, _views(rgb, "visible_exchange", rng, erasing, device)])
-            labels = torch.cat([y, y, y])
-        feats, logits = model(x_rgb, x_ir, modality="both")
+            x_rgb, labels = torch.cat([x_rgb, inputs["exchange"]]), torch.cat([y, y, y])
+        with autocast():
+            feats, logits = model(x_rgb, inputs["ir"], modality="both")
+        feats, logits = feats.float(), logits.float()
         id_loss = ce(logits, labels)
         metric_loss, correct = metric(feats, labels)
         return {"loss": id_loss + metric_loss, "id": id_loss, "metric": metric_loss,
@@ -204,7 +246,8 @@ def _two_stream_step(model: TwoStreamResNet, model_spec: ModelSpec, device: torc
     return step
 
 
-def _cal_step(model: CALNet, trainset: TrainSet, relabel: dict[int, int], train: TrainSpec, device: torch.device):
+def _cal_step(model: CALNet, trainset: TrainSet, relabel: dict[int, int], train: TrainSpec, autocast: Autocast,
+              device: torch.device):
     clothes_keys = [c if c is not None else f"pid:{pid}" for c, pid in zip(trainset.clothes, trainset.labels.tolist())]
     real = [i for i in range(len(trainset)) if not trainset.is_variant[i] and int(trainset.labels[i]) in relabel]
     clothes_ids = {c: j for j, c in enumerate(sorted({clothes_keys[i] for i in real}))}
@@ -214,12 +257,13 @@ def _cal_step(model: CALNet, trainset: TrainSet, relabel: dict[int, int], train:
     losses = CALLosses(model.pool_dim, len(clothes_ids), cal_start_epoch=train.cal_start_epoch).to(device)
     clothes_opt = torch.optim.Adam(losses.clothes_classifier.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
-    def step(batch, images, y, rng, epoch) -> dict[str, torch.Tensor]:
+    def step(batch, inputs, y, epoch) -> dict[str, torch.Tensor]:
         idx = batch.indices["any"]
-        x = _views(images, "visible", rng, 0.5, device)  # the batch's images, then its variants
         y_variants = torch.tensor([relabel[int(trainset.labels[v])] for v in batch.variants], dtype=torch.long,
                                   device=device)
-        feat, logits = model(x)
+        with autocast():
+            feat, logits = model(inputs["x"])
+        feat, logits = feat.float(), logits.float()
         n_real = len(idx)
         clothes = torch.tensor([clothes_ids[clothes_keys[i]] for i in idx], device=device)
         # the clothes classifier steps first, on the real half (as CAL does) ...
