@@ -103,8 +103,8 @@ def train_with_attributes(part: TrainSet, targets: dict[str, np.ndarray], model_
         totals = {"loss": 0.0, "id": 0.0, "attributes": 0.0, "triplet_acc": 0.0}
         for batch in sampler.epoch(epoch):
             y = torch.tensor([relabel[pid] for pid in batch.labels], device=device)
-            x_rgb = _views(part.images[batch.indices["rgb"]], "visible", rng, 0.0, device)
-            x_ir = _views(part.images[batch.indices["ir"]], "visible", rng, 0.0, device)
+            x_rgb = _views(part.images[batch.indices["rgb"]], "visible", rng, 0.0).to(device)
+            x_ir = _views(part.images[batch.indices["ir"]], "visible", rng, 0.0).to(device)
             feats, logits = model(x_rgb, x_ir, modality="both")
             labels = torch.cat([y, y])
             id_loss = ce(logits, labels)
