@@ -9,7 +9,8 @@ stride 1; non-local blocks (inner channels = 1, dot product / N, no softmax, out
 zero-initialised) after the last 2 blocks of layer2 and the last 3 of layer3; GeM p=3;
 BNNeck (BN1d with a frozen bias, then a bias-free linear classifier).
 The `base` variant (non_local=False, pooling="avg") drops the non-local blocks and uses
-average pooling. Weights are randomly initialised (no ImageNet weights here).
+average pooling. Weights are randomly initialised; `factory.reid.pretrained` copies a pretrained
+ResNet (ImageNet's, or the world's) into the stems and layers.
 """
 
 from __future__ import annotations

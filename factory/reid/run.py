@@ -28,6 +28,7 @@ from factory.datasets.records import Splits
 from factory.errors import FactoryError
 from factory.reid.data import build_trainset
 from factory.reid.evaluate import evaluate_model
+from factory.reid.pretrained import load_backbone
 from factory.reid.spec import ModelSpec, ReidSpec
 from factory.reid.train import ReidModel, Trained, build_reid_model, resolve_device, train_model
 
@@ -59,6 +60,8 @@ def train_reid(spec: ReidSpec, report: Report | None = None) -> dict:
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     _write_json(out / "spec.json", spec.model_dump(mode="json"))
     size = (spec.model.height, spec.model.width)
+    if spec.model.backbone.init != "random":  # a bad file fails now, not after the data is read
+        load_backbone(build_reid_model(spec.model, 1), spec.model.backbone.init)
     splits = load_splits(spec)
     real = splits["train"] if splits is not None and spec.data.use_real else []
     started = time.monotonic()

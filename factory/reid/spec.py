@@ -73,12 +73,21 @@ class DataSpec(Strict):
     variants: VariantsSpec | None = None
 
 
+class BackboneSpec(Strict):
+    init: str = Field(
+        "random",
+        description="random; world (the tiny layout pretrained on world people); or a local ResNet state dict with "
+        "torchvision's key names (.safetensors, or .pth/.pt/.bin read weights-only), e.g. an ImageNet ResNet-50",
+    )
+
+
 class ModelSpec(Strict):
     arch: Literal["agw", "caj", "cal"] = "agw"
     preset: Literal["tiny", "resnet18", "resnet34", "resnet50"] = "tiny"
     height: int = Field(64, ge=16, description="input height (AGW/CAJ 288, CAL 384)")
     width: int = Field(32, ge=8, description="input width (AGW/CAJ 144, CAL 192)")
     non_local: bool = True
+    backbone: BackboneSpec = Field(BackboneSpec(), description="where the stems and layer1-4 start (AGW, CAJ, CAL: ImageNet)")
 
 
 class TrainSpec(Strict):
@@ -90,7 +99,7 @@ class TrainSpec(Strict):
     )
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(3.5e-4, gt=0, description="AGW/CAJ SGD: 0.1; CAL Adam: 3.5e-4")
-    backbone_lr_mult: float = Field(1.0, gt=0, description="AGW/CAJ: 0.1 for the pretrained backbone")
+    backbone_lr_mult: float = Field(1.0, gt=0, description="AGW/CAJ: 0.1 with a pretrained model.backbone")
     weight_decay: float = Field(5e-4, ge=0)
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up (AGW/CAJ: 10)")
     milestones: list[int] = Field([], description="epochs where the lr is multiplied by 0.1 (AGW: [20, 50])")

@@ -46,6 +46,7 @@ from factory.reid.cal import CALLosses, CALNet
 from factory.reid.data import TrainSet, build_trainset
 from factory.reid.images import StoredImages
 from factory.reid.losses import ADPLoss, CrossEntropyLabelSmooth, WRTLoss
+from factory.reid.pretrained import load_backbone
 from factory.reid.sampler import Batch, IdentitySampler, progressive_fraction
 from factory.reid.spec import MixSpec, ModelSpec, TrainSpec, VariantsSpec
 
@@ -165,7 +166,10 @@ def train_model(
     class_ids = sampler.identities
     relabel = {pid: j for j, pid in enumerate(class_ids)}
     device = resolve_device(train.device)
-    model = build_reid_model(model_spec, len(class_ids)).to(device)
+    model = build_reid_model(model_spec, len(class_ids))
+    if model_spec.backbone.init != "random":
+        load_backbone(model, model_spec.backbone.init)
+    model = model.to(device)
     autocast = autocast_for(train.precision, device)
     if model_spec.arch == "cal":
         views, step = _cal_views, _cal_step(model, trainset, relabel, train, autocast, device)
