@@ -83,6 +83,23 @@ def test_preset_is_cached_under_factory_cache(tmp_path, monkeypatch):
     assert model.embedding_dim == 32 and model.pipe.vae_scale_factor == 2
 
 
+def test_a_cached_preset_without_the_slow_tokenizer_files_gets_them(tmp_path, monkeypatch):
+    """A preset an earlier release cached under transformers 5 (tokenizer.json only) still loads under 4.x."""
+    from transformers import CLIPTokenizer
+
+    monkeypatch.setenv("FACTORY_CACHE", str(tmp_path))
+    tokenizer = preset_path("tiny") / "tokenizer"
+    expected = {name: (tokenizer / name).read_bytes() for name in ("vocab.json", "merges.txt")}
+    for name in expected:
+        (tokenizer / name).unlink()
+    assert preset_path("tiny") / "tokenizer" == tokenizer
+    assert {name: (tokenizer / name).read_bytes() for name in expected} == expected
+    assert sorted(p.name for p in tokenizer.iterdir() if p.name.startswith("tmp")) == []  # nothing left aside
+    assert CLIPTokenizer.from_pretrained(tokenizer).encode("a red shirt", add_special_tokens=False) == \
+        CLIPTokenizer(str(tokenizer / "vocab.json"), str(tokenizer / "merges.txt")).encode("a red shirt",
+                                                                                          add_special_tokens=False)
+
+
 def test_sd15_architecture_without_weights(tmp_path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -144,6 +144,16 @@ def build_preset(name: str, out_dir: Path, *, inpainting: bool = False) -> Path:
     return out_dir
 
 
+def _complete_tokenizer(folder: Path) -> None:
+    """Add vocab.json + merges.txt to a preset cached by a release that, under transformers 5, wrote only
+    tokenizer.json (which transformers 4.x cannot read). Each file is written aside and renamed into
+    place, so workers racing here all leave the same complete bytes."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        build_clip_tokenizer(Path(tmp))
+        for name in ("merges.txt", "vocab.json"):  # vocab.json last: it is what marks the folder complete
+            os.replace(Path(tmp) / name, folder / name)
+
+
 def preset_path(name: str, cache_dir: Path | None = None, *, inpainting: bool = False) -> Path:
     """The cached folder of preset `name`, built on first use.
 
@@ -159,6 +169,8 @@ def preset_path(name: str, cache_dir: Path | None = None, *, inpainting: bool = 
     kind = f"{name}-inpainting" if inpainting else name
     folder = (cache_dir or default_cache_dir()) / "models" / f"{kind}-v{PRESET_VERSION}"
     if (folder / "model_index.json").is_file():
+        if not (folder / "tokenizer" / "vocab.json").is_file():
+            _complete_tokenizer(folder / "tokenizer")
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
