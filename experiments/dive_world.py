@@ -68,7 +68,11 @@ MARKET_SEED = 1
 B_OFFSET = 100_000  # B's class ids: offset + Market pid (SYSU pids are far below)
 IR_CAMERAS = ("cam3", "cam6")
 SIZE = (128, 64)  # (height, width): the world base model's native size
-AGW = ModelSpec(arch="agw", preset="tiny", height=SIZE[0], width=SIZE[1])
+
+
+def agw(init: str) -> ModelSpec:
+    """The ReID model every arm trains: tiny AGW, its backbone starting from `init` (random, world or a file)."""
+    return ModelSpec(arch="agw", preset="tiny", height=SIZE[0], width=SIZE[1], backbone={"init": init})
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Settings:
     epochs: int
     batches_per_epoch: int
     jobs: int
+    init: str = "random"
 
     @property
     def sysu(self) -> str:
@@ -226,7 +231,7 @@ def train_settings(s: Settings) -> TrainSpec:
                      milestones=[round(0.6 * s.epochs), round(0.85 * s.epochs)])
 
 
-def arm_key(trainset: TrainSet, seed: int, train: TrainSpec, sysu: str) -> str:
+def arm_key(trainset: TrainSet, seed: int, model: ModelSpec, train: TrainSpec, sysu: str) -> str:
     """What an arm's result depends on: its images and labels, the seed, the recipe and the test set.
 
     Arms without the generator (A, grey, rendered) keep their key when the base model
@@ -235,16 +240,17 @@ def arm_key(trainset: TrainSet, seed: int, train: TrainSpec, sysu: str) -> str:
     digest = hashlib.sha256()
     for array in (trainset.images, trainset.labels, trainset.cameras):
         digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(json.dumps([trainset.modalities, seed, AGW.model_dump(), train.model_dump(), sysu]).encode())
+    digest.update(json.dumps([trainset.modalities, seed, model.model_dump(), train.model_dump(), sysu]).encode())
     return digest.hexdigest()[:16]
 
 
-def train_arm(arm: str, trainset: TrainSet, seed: int, train: TrainSpec, sysu: str, cache: Path) -> None:
+def train_arm(arm: str, trainset: TrainSet, seed: int, model: ModelSpec, train: TrainSpec, sysu: str,
+              cache: Path) -> None:
     """Train and evaluate one arm (in a worker process, one torch thread); the result goes to `cache`."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)  # subnormal weights late in training slow a CPU step several times over
     started = time.monotonic()
-    trained = train_model(trainset, AGW, train, seed=seed)
+    trained = train_model(trainset, model, train, seed=seed)
     metrics = evaluate_model(trained.model, load_dataset(sysu), SIZE, EvaluationSpec(modes=["all"], trials=10))
     scores = next(iter(metrics["results"].values()))
     print(f"seed {seed} {arm:30s} mAP {scores['mAP']:.4f} rank1 {scores['rank1']:.4f} "
@@ -313,13 +319,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batches-per-epoch", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once, one torch thread each")
+    parser.add_argument("--init", default="random",
+                        help="where the ReID backbone starts: random, world (pretrained on other world people) or a file")
     args = parser.parse_args(argv)
     options = {k: getattr(args, k) for k in ("seeds", "sysu_identities", "market_identities", "a_people",
                                              "finetune_steps", "ir_per_identity", "steps", "epochs",
                                              "batches_per_epoch")}
     if args.quick:
         options.update(QUICK)
-    s = Settings(work=args.work, base=args.base, guidance=args.guidance, jobs=args.jobs, **options)
+    s = Settings(work=args.work, base=args.base, guidance=args.guidance, jobs=args.jobs, init=args.init, **options)
     s.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     sysu, market = load_dataset(s.sysu), load_dataset(s.market)
@@ -333,14 +341,14 @@ def main(argv: list[str] | None = None) -> dict:
     for arm, trainset in table.items():  # the sampler counts only people with both RGB and IR images
         trained_on = len(IdentitySampler(trainset, p=4, k=4).identities)
         print(f"{arm:30s} {trained_on:4d} identities {len(trainset):6d} images", flush=True)
-    train = train_settings(s)
-    caches = {(arm, seed): s.work / "arms" / arm_key(trainset, seed, train, s.sysu)
+    train, model = train_settings(s), agw(s.init)
+    caches = {(arm, seed): s.work / "arms" / arm_key(trainset, seed, model, train, s.sysu)
               for seed in s.seeds for arm, trainset in table.items()}
     (s.work / "arms").mkdir(exist_ok=True)
     todo = [(arm, seed) for (arm, seed), cache in caches.items() if not cache.with_suffix(".json").is_file()]
     print(f"{len(caches) - len(todo)} of {len(caches)} (arm, seed) results already in {s.work / 'arms'}", flush=True)
     with ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(train_arm, arm, table[arm], seed, train, s.sysu, caches[arm, seed])
+        for future in [pool.submit(train_arm, arm, table[arm], seed, model, train, s.sysu, caches[arm, seed])
                        for arm, seed in todo]:
             future.result()
     scores = {arm: [json.loads(caches[arm, seed].with_suffix(".json").read_text())["scores"] for seed in s.seeds]
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"settings": settings | {"train": train.model_dump(), "a_people": len(a), "b_people": len(b),
                                       "test_people": len({r.identity for r in sysu["query"]})},
               "reid": summarise(scores), "per_seed": scores, "identity": identity}
-    print(f"\nSYSU-world all-search on {result['settings']['test_people']} held-out people, AGW, "
+    print(f"\nSYSU-world all-search on {result['settings']['test_people']} held-out people, AGW from {s.init} init, "
           f"{s.epochs} epochs x {s.batches_per_epoch} batches, seeds {s.seeds}; A = {len(a)} people, B = {len(b)}")
     print(f"{'arm':30s} {'mAP':>17s} {'rank-1':>17s} {'mAP gain over A':>19s} {'of ceiling':>10s}")
     for arm, row in result["reid"].items():

@@ -141,7 +141,7 @@ def run_arm(job: dict) -> dict:
     variants = VariantsSpec.model_validate(job["variants"]) if job["variants"] else None
     trainset, _ = build_trainset(splits["train"], splits.root, [], MixSpec(), size,
                                  variants_uri=variants.uri if variants else None)
-    model = ModelSpec(arch="cal", preset="tiny", height=size[0], width=size[1])
+    model = ModelSpec(arch="cal", preset="tiny", height=size[0], width=size[1], backbone={"init": job["init"]})
     trained = train_model(trainset, model, TrainSpec.model_validate(job["train"]), seed=job["seed"], variants=variants)
     evaluation = EvaluationSpec(refinement=RefinementSpec.model_validate(job["refinement"]))
     results = evaluate_model(trained.model, splits, size, evaluation)["results"]
@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--height", type=int, default=HEIGHT, help="ReID input height")
     parser.add_argument("--width", type=int, default=WIDTH, help="ReID input width")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
+    parser.add_argument("--init", default="random",
+                        help="where the ReID backbone starts: random, world (pretrained on other world people) or a file")
     args = parser.parse_args(argv)
 
     _one_thread()
@@ -271,14 +273,15 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"dataset {dataset}: {identities} training identities, {counts}; "
           f"{args.variants} variants per training image, {args.query_variants} per changed-clothes query "
-          f"(world preset, DDIM {args.steps} steps, guidance {args.guidance}); CAL tiny {args.height}x{args.width}, "
+          f"(world preset, DDIM {args.steps} steps, guidance {args.guidance}); CAL tiny {args.height}x{args.width} "
+          f"from {args.init} init, "
           f"{args.epochs} epochs x {steps} batches of {args.p}x{args.k}, schedule {sched}; work {work}", flush=True)
 
     jobs = []
     for seed in args.seeds:
         for arm in args.arms:
             job = {"arm": arm, "seed": seed, "dataset": dataset, "height": args.height, "width": args.width,
-                   "train": train, "variants": arm_variants[arm], "refinement": refinement}
+                   "init": args.init, "train": train, "variants": arm_variants[arm], "refinement": refinement}
             job["key"] = _digest(job)
             job["result"] = str(work / "arms" / f"{arm}-seed{seed}-{job['key']}.json")
             jobs.append(job)

@@ -30,6 +30,7 @@ import torch
 from factory.datasets import load_dataset
 from factory.reid.data import build_trainset
 from factory.reid.evaluate import evaluate_model
+from factory.reid.pretrained import load_backbone
 from factory.reid.sampler import IdentitySampler
 from factory.reid.spec import EvaluationSpec, MixSpec, ModelSpec, RunSource, TrainSpec
 from factory.reid.train import build_reid_model, train_model
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arch", choices=["agw", "caj"], default="agw")
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--init", default="random",
+                        help="where the ReID backbone starts: random, world (pretrained on other world people) or a file")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--p", type=int, default=4)
@@ -70,17 +73,20 @@ def main(argv: list[str] | None = None) -> dict:
         mixed, offsets = build_trainset(splits["train"], splits.root, [RunSource(uri=run)],
                                         MixSpec(synthetic_share=args.synthetic_share), size)
     steps = IdentitySampler(real, p=args.p, k=args.k).batches_per_epoch
-    model = ModelSpec(arch=args.arch, preset=args.preset, height=size[0], width=size[1])
+    model = ModelSpec(arch=args.arch, preset=args.preset, height=size[0], width=size[1], backbone={"init": args.init})
     train = TrainSpec(epochs=args.epochs, p=args.p, k=args.k, lr=args.lr, batches_per_epoch=steps)
     evaluation = EvaluationSpec(modes=["all"], trials=10)
     arms = {"real": real, "real+run": mixed}
     print(f"dataset {args.dataset}: {real.summary()['identities']} real identities; run adds "
           f"{mixed.summary()['synthetic_identities']} identities / {mixed.summary()['synthetic_images']} images "
-          f"(offsets {offsets}); {args.arch} {args.preset} {size[0]}x{size[1]}, {args.epochs} epochs x {steps} batches")
+          f"(offsets {offsets}); {args.arch} {args.preset} from {args.init} init {size[0]}x{size[1]}, "
+          f"{args.epochs} epochs x {steps} batches")
     scores: dict[str, list[dict]] = {arm: [] for arm in ("init", *arms)}
     for seed in args.seeds:
         torch.manual_seed(seed)
         untrained = build_reid_model(model, 1).eval()
+        if model.backbone.init != "random":  # the starting point the arms train from
+            load_backbone(untrained, model.backbone.init)
         scores["init"].append(next(iter(evaluate_model(untrained, splits, size, evaluation)["results"].values())))
         print(f"seed {seed} {'init':9s} mAP {scores['init'][-1]['mAP']:.4f} rank1 {scores['init'][-1]['rank1']:.4f}")
         for arm, trainset in arms.items():
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     for arm, row in summary.items():
         print(f"{arm:9s}  {row['mAP'][0]:.4f} ± {row['mAP'][1]:.4f}    {row['rank1'][0]:.4f} ± {row['rank1'][1]:.4f}")
     result = {"dataset": args.dataset, "run": args.run or f"oracle:{args.oracle_identities}", "seeds": args.seeds,
-              "arch": args.arch, "epochs": args.epochs, "batches_per_epoch": steps, "results": summary}
+              "arch": args.arch, "init": args.init, "epochs": args.epochs, "batches_per_epoch": steps, "results": summary}
     print(json.dumps(result))
     return result
 
