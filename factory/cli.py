@@ -490,9 +490,13 @@ def list_runs(
 
 
 def _quiet_model_libraries() -> None:
-    """Keep transformers' and diffusers' import notes and loading bars out of the progress display."""
+    """Keep transformers' and diffusers' notes and loading bars out of the progress display, not their warnings.
+
+    Set in the environment, so Ray actors started from here inherit it: a warning such as a
+    model loading in another precision than asked is seen where the job was started.
+    """
     for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
-        os.environ.setdefault(name, "error")
+        os.environ.setdefault(name, "warning")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 

@@ -185,47 +185,29 @@ def test_the_run_folder_loads_in_hugging_face_datasets_as_it_is(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_plain_local_ray_run_says_what_it_does_and_nothing_else(tmp_path):
+def test_a_plain_local_ray_run_says_what_it_does_and_passes_on_the_actors_warnings(tmp_path):
+    """The driver's own lines are its phases; what the actors' libraries warn about comes through too
+    (here diffusers, in every actor, about a config key the UNet does not know)."""
+    from factory.models.presets import preset_path
+
+    model = tmp_path / "tiny-with-a-stray-key"
+    shutil.copytree(preset_path("tiny"), model)
+    config = json.loads((model / "unet" / "config.json").read_text())
+    (model / "unet" / "config.json").write_text(json.dumps({**config, "stray_option": 1}))
     out = tmp_path / "run"
-    result = run_cli("generate", str(write_spec(tmp_path / "spec.yaml", str(out))), "--address", "local")
+    spec = write_spec(tmp_path / "spec.yaml", str(out), model={"path": str(model)})
+    result = run_cli("generate", str(spec), "--address", "local")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert [line.split("] ", 1)[1] for line in lines] == [
+    assert [line.split("] ", 1)[1] for line in lines if line.startswith("[")] == [
         "checking the spec's inputs and models",
         "3 of 3 shards to make; starting a local Ray",
         "loading models on 2 rgb, 2 ir actors; 24 images to make",
         "making 24 images",
     ]
+    others = [line for line in lines if not line.startswith("[")]
+    assert others and all("stray_option" in line and "pid=" in line for line in others), others
     assert result.stdout.startswith(f"{out}: 3 of 3 shards made, 24 images generated in ")
-
-@pytest.mark.slow
-def test_driver_killed_then_resumed_equals_an_uninterrupted_run(reference_run, tmp_path):
-    out = str(tmp_path / "run")
-    spec = write_spec(tmp_path / "spec.yaml", out, run_id="killed")
-    driver = subprocess.Popen(
-        [str(Path(sys.executable).with_name("factory")), "generate", str(spec), "--address", "local"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill takes its local Ray along
-    )
-    fragments = Path(out) / "manifest"
-    deadline = time.monotonic() + 240
-    while not any(fragments.glob("*.parquet")):  # a committed fragment, not a temp file being written
-        assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed"
-        assert time.monotonic() < deadline, "no shard committed in time"
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    committed = len(Run(out).listing().committed)
-    assert 1 <= committed < 3
-
-    summary = api.run(make_spec(out, run_id="killed"), resume=True)
-
-    assert summary["shards_made"] == 3 - committed
-    assert verify_run(out).ok()
-    assert tar_bytes(out) == tar_bytes(reference_run)
-    keys = Run(out).table().column("key").to_pylist()
-    assert len(keys) == 2 * len(set(keys)) == 2 * IDENTITIES * IMAGES  # no duplicates, no gaps
 
 
 def _kill_mid_run(ray_session, out: str, spec: GenerateSpec, *victims: str, restart: bool) -> list[Exception]:

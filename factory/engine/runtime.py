@@ -51,12 +51,14 @@ class Runtime:
         address = self.address or os.environ.get("RAY_ADDRESS")
         try:
             # Ray's own notes (a local instance started, token authentication on) would interleave
-            # with the driver's phase lines; its errors still come through.
+            # with the driver's phase lines; its errors still come through. The actors' output
+            # does come through (libraries log warnings and errors only), so a warning such as a
+            # model loading in another precision than asked is seen where the job was started.
             ray.init(
                 address=self.address,
                 namespace=NAMESPACE,
                 include_dashboard=False,
-                log_to_driver=False,
+                log_to_driver=True,
                 logging_level=logging.ERROR,
             )
         except ConnectionError as e:

@@ -7,6 +7,7 @@ does not pay for importing torch and diffusers.
 from __future__ import annotations
 
 import importlib
+import logging
 
 _EXPORTS = {
     "ModelRef": "reference",
@@ -21,6 +22,22 @@ _EXPORTS = {
     "random_identity_vector": "pipeline",
 }
 __all__ = list(_EXPORTS)
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops transformers' notice that its image processors fall back to PIL without torchvision.
+
+    diffusers imports those processors with every pipeline, so each actor would print it.
+    The factory never uses them and does not depend on torchvision; actors' other warnings
+    reach the driver's log (the runtime forwards them), and this one would only teach
+    users to skip over warnings.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNotice())
 
 
 def __getattr__(name: str):
