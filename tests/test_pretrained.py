@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from factory.errors import FactoryError
 from factory.reid.backbone import build_model
-from factory.reid.pretrained import load_backbone
+from factory.reid.pretrained import WORLD_BACKBONE, load_backbone
 from factory.reid.spec import ModelSpec, ReidSpec, TrainSpec
 from factory.reid.train import build_reid_model, train_model, trainset_from_records
 
@@ -105,3 +105,20 @@ def test_the_world_backbone_tool_writes_what_training_starts_from(tmp_path):
     key = "layer2.0.conv1.weight"
     torch.testing.assert_close(pretrained[key], reference.state_dict()[key], rtol=0, atol=1e-6)
     assert not torch.allclose(scratch[key], pretrained[key])
+
+
+@pytest.mark.skipif(not WORLD_BACKBONE.is_file(), reason="no shipped world backbone")
+def test_the_shipped_world_backbone_starts_tiny_agw_and_cal():
+    from safetensors import safe_open
+
+    from tools.train_backbone import BACKBONE_WORLD_SEED
+
+    with safe_open(str(WORLD_BACKBONE), "pt") as f:
+        assert json.loads(f.metadata()["recipe"])["world_seed"] == BACKBONE_WORLD_SEED
+        conv1 = f.get_tensor("conv1.weight")
+    assert WORLD_BACKBONE.stat().st_size < 5_000_000
+    for arch in ("agw", "cal"):
+        model = build_reid_model(ModelSpec(arch=arch, preset="tiny"), 3)
+        assert load_backbone(model, "world") > 100
+        stem = model.base.visible_stem if arch == "cal" else model.visible_stem
+        assert torch.equal(stem[0].weight, conv1)
