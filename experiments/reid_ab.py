@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from factory.datasets import load_dataset
-from factory.reid.data import build_trainset
+from factory.datasets.records import Splits
+from factory.reid.data import TrainSet, build_trainset
 from factory.reid.evaluate import evaluate_model
 from factory.reid.pretrained import load_backbone
 from factory.reid.sampler import IdentitySampler
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     splits = load_dataset(args.dataset)
     size = (args.height, args.width)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the oracle run lives as long as training reads it
         run = args.run
         if run is None:
             run = str(Path(tmp) / "oracle")
@@ -72,6 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
         real, _ = build_trainset(splits["train"], splits.root, [], MixSpec(), size)
         mixed, offsets = build_trainset(splits["train"], splits.root, [RunSource(uri=run)],
                                         MixSpec(synthetic_share=args.synthetic_share), size)
+        return compare(args, splits, real, mixed, offsets)
+
+
+def compare(args: argparse.Namespace, splits: Splits, real: TrainSet, mixed: TrainSet, offsets: dict) -> dict:
+    """Train and evaluate both arms for every seed; print and return the summary."""
+    size = (args.height, args.width)
     steps = IdentitySampler(real, p=args.p, k=args.k).batches_per_epoch
     model = ModelSpec(arch=args.arch, preset=args.preset, height=size[0], width=size[1], backbone={"init": args.init})
     train = TrainSpec(epochs=args.epochs, p=args.p, k=args.k, lr=args.lr, batches_per_epoch=steps)

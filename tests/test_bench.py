@@ -112,3 +112,15 @@ def test_score_overhead_benchmark_times_both_arms(capsys, tmp_path, monkeypatch)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert result["images"] == 48 and set(result["images_per_s"]) == {"without quality", "with quality"}
     assert len(result["scoring_share"]) == 1 and 0 < result["scoring_share"][0] < 1
+
+
+def test_reid_ab_trains_both_arms_on_an_oracle_run(tmp_path, monkeypatch):
+    """The A/B's smallest form: the rendered run must stay readable while the arms train (they read it lazily)."""
+    from experiments import reid_ab
+
+    monkeypatch.setenv("FACTORY_CACHE", str(tmp_path))
+    result = reid_ab.main(["--dataset", "world://sysu?identities=10&seed=0", "--oracle-identities", "3",
+                           "--oracle-pairs", "2", "--seeds", "0", "--epochs", "1", "--height", "64", "--width", "32",
+                           "--init", "world"])
+    assert set(result["results"]) == {"init", "real", "real+run"} and result["init"] == "world"
+    assert all(0 < row["mAP"][0] <= 1 for row in result["results"].values())
