@@ -66,6 +66,9 @@ def world(
     images_per_camera: int = typer.Option(
         None, "--images-per-camera", min=1, help="Images per person and camera (default: per layout)."
     ),
+    outfits: int = typer.Option(
+        2, "--outfits", min=1, help="ltcc: outfits each person is seen in (1: as LTCC's single-outfit people)."
+    ),
 ) -> None:
     """Render procedural pedestrians in a real ReID dataset's exact layout.
 
@@ -82,7 +85,7 @@ def world(
         task = progress.add_task(f"rendering {layout.value}", total=None)
         count = write_world(
             layout.value, out, identities=identities, seed=seed, images_per_camera=images_per_camera,
-            on_image=lambda: progress.advance(task),
+            outfits=outfits, on_image=lambda: progress.advance(task),
         )
     seconds = time.perf_counter() - start
     print(f"wrote {count} images ({layout.value} layout, {identities} identities) to {out} in {seconds:.1f} s "
@@ -304,11 +307,15 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
         print(f"{folder}: trained (no dataset named, so nothing evaluated)")
         return
     table = Table(title=f"{metrics['dataset']} ({folder / 'metrics.json'})")
-    for column in ("protocol", "rank1", "rank5", "rank10", "mAP", "mINP"):
+    for column in ("protocol", "rank1", "rank5", "rank10", "mAP", "mINP", "queries", "skipped"):
         table.add_column(column, justify="left" if column == "protocol" else "right")
     for name, scores in metrics["results"].items():
-        table.add_row(name, *(f"{scores[k]:.4f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP")))
+        figures = ("–" if scores[k] is None else f"{scores[k]:.4f}" for k in ("rank1", "rank5", "rank10", "mAP", "mINP"))
+        table.add_row(name, *figures, str(scores["queries"]), str(scores["skipped_queries"]))
     out.print(table)
+    skipped = {name: scores["skipped_queries"] for name, scores in metrics["results"].items() if scores["skipped_queries"]}
+    for name, count in skipped.items():  # LTCC's people seen in one outfit have no clothes-changing match
+        print(f"{name}: {count} queries had no valid gallery match and were left out of the figures")
 
 
 @app.command()

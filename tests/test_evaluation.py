@@ -67,8 +67,9 @@ def test_cmc_is_padded_to_max_rank_and_as_dict_gives_floats():
     np.testing.assert_array_equal(s.cmc[:3], [0, 0, 1])
     assert s.rank10 == 1.0
     d = s.as_dict()
-    assert d == {"rank1": 0.0, "rank5": 1.0, "rank10": 1.0, "mAP": pytest.approx(1 / 3), "mINP": pytest.approx(1 / 3)}
-    assert all(type(v) is float for v in d.values())
+    assert d == {"rank1": 0.0, "rank5": 1.0, "rank10": 1.0, "mAP": pytest.approx(1 / 3), "mINP": pytest.approx(1 / 3),
+                 "queries": 1, "skipped_queries": 0}
+    assert all(type(d[k]) is float for k in ("rank1", "rank5", "rank10", "mAP", "mINP"))
     with pytest.raises(ValueError, match="Rank-51"):
         s.rank(51)
 
@@ -94,12 +95,12 @@ def test_queries_without_positive_are_skipped():
     assert s.rank1 == 0.0 and s.rank(2) == 1.0
 
 
-def test_no_valid_query_raises():
-    with pytest.raises(ValueError, match="no query has a positive"):
-        _ranked([8, 9], [1, 2, 3])
+def test_no_valid_query_gives_no_figures_and_counts_them():
+    s = _ranked([8, 9], [1, 2, 3])
+    assert (s.valid_queries, s.skipped_queries) == (0, 2) and np.isnan(s.rank1) and np.isnan(s.mINP)
     # Junk can remove the only positive, too.
-    with pytest.raises(ValueError, match="no query has a positive"):
-        _ranked([1], [1, 2], junk=np.array([[True, False]]))
+    s = _ranked([1], [1, 2], junk=np.array([[True, False]]))
+    assert (s.valid_queries, s.skipped_queries) == (0, 1)
 
 
 def test_dedup_cmc_changes_rank_but_not_ap():
@@ -373,3 +374,18 @@ def test_sysu_sampling_order_and_reproducibility(sysu_tree):
     assert keys == sorted(keys) and len(set(keys)) == len(keys)  # one per (id, camera), ascending id, listed cams
     assert len(picks) == len({(pid, cam) for _, pid, cam in records})
     assert {cam for _, _, cam in sysu_gallery_trial(records, 0, "indoor")} == {1, 2}
+
+
+def test_queries_without_a_valid_match_are_skipped_and_counted():
+    """Clothes-changing junk removes a one-outfit person's every match: that query is left out and counted;
+    with no query left the figures are NaN (null in a result dict), not an error."""
+    g_pids, g_cams, g_clothes = np.array([1, 2, 2]), np.array([2, 2, 2]), np.array([0, 0, 1])
+    q = dict(q_pids=np.array([1, 2]), q_cams=np.array([1, 1]), q_clothes=np.array([0, 0]))
+    junk = cc_junk(q["q_pids"], g_pids, q["q_cams"], g_cams, q["q_clothes"], g_clothes, "cc")
+    distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    s = evaluate(distmat, q["q_pids"], g_pids, q["q_cams"], g_cams, junk=junk)
+    assert (s.valid_queries, s.skipped_queries, s.rank1, s.mAP) == (1, 1, 1.0, 1.0)  # person 2's other outfit
+    none = evaluate(distmat[:1], q["q_pids"][:1], g_pids, q["q_cams"][:1], g_cams, junk=junk[:1])
+    assert (none.valid_queries, none.skipped_queries) == (0, 1) and np.isnan(none.mAP)
+    assert none.as_dict() == {"rank1": None, "rank5": None, "rank10": None, "mAP": None, "mINP": None,
+                              "queries": 0, "skipped_queries": 1}

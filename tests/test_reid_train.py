@@ -259,8 +259,10 @@ def test_train_reid_then_eval_reid(tmp_path, demo_run):
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "sysu" and set(metrics["results"]) == {"all"}
-    assert set(metrics["results"]["all"]) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
-    assert all(0.0 <= v <= 1.0 for v in metrics["results"]["all"].values())
+    figures = {"rank1", "rank5", "rank10", "mAP", "mINP"}
+    assert set(metrics["results"]["all"]) == figures | {"queries", "skipped_queries"}
+    assert all(0.0 <= metrics["results"]["all"][k] <= 1.0 for k in figures)
+    assert metrics["results"]["all"]["skipped_queries"] == 0 and metrics["results"]["all"]["queries"] > 0
     data = json.loads((out / "data.json").read_text())
     assert data["synthetic_identities"] == 6 and data["synthetic_images"] == 24
     assert (out / "checkpoints" / "epoch-0000.safetensors").exists() and (out / "model.safetensors").exists()
@@ -287,6 +289,25 @@ def test_bad_input_is_one_line(tmp_path, demo_run, data, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_outfit_per_person_skips_and_counts_the_clothes_changing_queries(tmp_path):
+    """An LTCC-like world whose people are each seen in one outfit: no query has a clothes-changing match,
+    so `cc` has no figures and says how many queries it left out; `general` still scores them all."""
+    spec = {"output": str(tmp_path / "out"), "data": {"dataset": "world://ltcc?identities=12&seed=0&outfits=1"},
+            "model": {"arch": "cal", "preset": "tiny", "height": SIZE[0], "width": SIZE[1]},
+            "train": {"epochs": 1, "p": 2, "k": 2, "batches_per_epoch": 2}}
+    path = tmp_path / "ltcc.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = run_cli("train-reid", str(path))
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "out" / "metrics.json").read_text())["results"]
+    queries = len(load_dataset("world://ltcc?identities=12&seed=0&outfits=1")["query"])
+    assert results["general"]["queries"] == queries and results["general"]["skipped_queries"] == 0
+    assert 0 < results["general"]["mAP"] <= 1
+    assert results["cc"] == {"rank1": None, "rank5": None, "rank10": None, "mAP": None, "mINP": None,
+                             "queries": 0, "skipped_queries": queries}
+    assert f"cc: {queries} queries had no valid gallery match and were left out of the figures" in result.stdout
 
 
 def test_eval_reid_without_a_trained_model(tmp_path):
@@ -341,6 +362,25 @@ def test_cal_with_dlcr_variants_and_refinement(tmp_path):
     assert [e["variant_fraction"] for e in log] == [0.25, 0.5]
     results = json.loads((out / "metrics.json").read_text())["results"]
     assert set(results) == {"same_clothes", "clothes_changing", "clothes_changing_refined"}
+
+    # DLCR's reference extracts the variants unflipped (the default); flip_variants flip-sums them as other images.
+    import torch
+
+    from factory.reid.augment import eval_view
+    from factory.reid.run import load_model
+    from factory.reid.train import extract_images
+
+    model, _ = load_model(out, "cpu")
+    images = np.stack([np.asarray(Image.open(r.path).convert("RGB").resize((SIZE[1], SIZE[0]))) for r in splits["query_changed"][:3]])
+    alone, summed = extract_images(model, images, "rgb", flip=False), extract_images(model, images, "rgb")
+    x = torch.from_numpy(np.stack([eval_view(image) for image in images]))
+    np.testing.assert_allclose(alone, model.features(x)[1].numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(alone, summed)
+    spec["evaluation"]["refinement"]["flip_variants"] = True
+    path.write_text(yaml.safe_dump(spec))
+    flipped = run_cli("eval-reid", str(path))
+    assert flipped.returncode == 0, flipped.stderr
+    assert "clothes_changing_refined" in json.loads((out / "metrics.json").read_text())["results"]
 
 
 def test_agw_schedule_warms_up_then_steps_down():

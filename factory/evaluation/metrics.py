@@ -45,12 +45,18 @@ def pairwise_distance(qf: np.ndarray, gf: np.ndarray, metric: Metric = "euclidea
 
 @dataclass(frozen=True)
 class Scores:
-    """Result of one evaluation: CMC curve (index k-1 is Rank-k), mAP, mINP, and how many queries counted."""
+    """Result of one evaluation: CMC curve (index k-1 is Rank-k), mAP, mINP, and how many queries counted.
+
+    `skipped_queries` had no positive left in the gallery after junk removal (an LTCC person
+    seen in one outfit only, under the clothes-changing protocol); the reference code leaves
+    them out of the means, and so do we. With no query left, every figure is NaN.
+    """
 
     cmc: np.ndarray
     mAP: float
     mINP: float
     valid_queries: int
+    skipped_queries: int = 0
 
     def rank(self, k: int) -> float:
         if not 1 <= k <= len(self.cmc):
@@ -69,8 +75,11 @@ class Scores:
     def rank10(self) -> float:
         return self.rank(10)
 
-    def as_dict(self) -> dict[str, float]:
-        return {"rank1": self.rank1, "rank5": self.rank5, "rank10": self.rank10, "mAP": self.mAP, "mINP": self.mINP}
+    def as_dict(self) -> dict[str, float | int | None]:
+        """The figures (None where no query counted, so the dict stays valid JSON) and the query counts."""
+        figures = {"rank1": self.rank1, "rank5": self.rank5, "rank10": self.rank10, "mAP": self.mAP, "mINP": self.mINP}
+        return {**{k: None if np.isnan(v) else v for k, v in figures.items()},
+                "queries": self.valid_queries, "skipped_queries": self.skipped_queries}
 
 
 def evaluate(
@@ -84,7 +93,7 @@ def evaluate(
     dedup_cmc: bool = False,
     max_rank: int = 50,
 ) -> Scores:
-    """Score a distance matrix; queries with no positive left after junk removal are skipped.
+    """Score a distance matrix; queries with no positive left after junk removal are skipped (and counted).
 
     `dedup_cmc` keeps only the first occurrence of each gallery pid when building
     the CMC (AP and INP still use every item), as SYSU-MM01 and LLCM require.
@@ -128,10 +137,13 @@ def evaluate(
         aps.append((hits / ranks)[matches].sum() / hits[-1])
         inps.append(hits[-1] / (np.flatnonzero(matches)[-1] + 1))
 
+    skipped = num_q - len(cmcs)
     if not cmcs:
-        raise ValueError("no query has a positive in the gallery after junk removal; nothing to evaluate")
+        return Scores(cmc=np.full(max_rank, np.nan), mAP=float("nan"), mINP=float("nan"), valid_queries=0,
+                      skipped_queries=skipped)
     return Scores(
-        cmc=np.mean(cmcs, axis=0), mAP=float(np.mean(aps)), mINP=float(np.mean(inps)), valid_queries=len(cmcs)
+        cmc=np.mean(cmcs, axis=0), mAP=float(np.mean(aps)), mINP=float(np.mean(inps)), valid_queries=len(cmcs),
+        skipped_queries=skipped,
     )
 
 
@@ -144,6 +156,7 @@ def mean_scores(per_trial: Sequence[Scores]) -> Scores:
         mAP=float(np.mean([s.mAP for s in per_trial])),
         mINP=float(np.mean([s.mINP for s in per_trial])),
         valid_queries=sum(s.valid_queries for s in per_trial),
+        skipped_queries=sum(s.skipped_queries for s in per_trial),
     )
 
 

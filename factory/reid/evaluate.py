@@ -88,7 +88,8 @@ def refined_scores(model, splits: Splits, split: str, query: FeatureSet, gallery
     """DLCR refinement of `query` against `gallery`, the variants read from `refinement.uri`."""
     names = [relative_name(r.path, splits.root) for r in splits[split]]
     part, owners = variant_part(refinement.uri, names)
-    feats = extract_images(model, StoredImages(part.locations(), size).take(np.arange(len(part))), "rgb")
+    images = StoredImages(part.locations(), size).take(np.arange(len(part)))
+    feats = extract_images(model, images, "rgb", flip=refinement.flip_variants)  # DLCR's reference: no flip
     per_query: dict[int, list[int]] = {}
     for j, owner in enumerate(owners):
         per_query.setdefault(owner, []).append(j)

@@ -118,6 +118,10 @@ class RefinementSpec(Strict):
     uri: str = Field(description="inpaint run over the query images; each variant's `parent` names its query")
     variants: int = Field(4, ge=1, description="variants per query (v = 1..4 in DLCR)")
     top: int = Field(5, ge=1)
+    flip_variants: bool = Field(
+        False, description="sum each variant's feature with its flipped image's, as for every other image "
+        "(DLCR's reference extracts the variants unflipped)"
+    )
 
 
 class EvaluationSpec(Strict):

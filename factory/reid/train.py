@@ -284,17 +284,21 @@ def _cal_step(model: CALNet, trainset: TrainSet, relabel: dict[int, int], train:
 
 
 @torch.no_grad()
-def extract_images(model: ReidModel, images: np.ndarray, modality: str, batch_size: int = 64, output: str = "fc") -> np.ndarray:
-    """Features of HWC uint8 images through the `modality` stem: image + flipped image, summed, L2-normalised."""
+def extract_images(model: ReidModel, images: np.ndarray, modality: str, batch_size: int = 64, output: str = "fc",
+                   flip: bool = True) -> np.ndarray:
+    """Features of HWC uint8 images through the `modality` stem, L2-normalised: image + flipped image, summed
+    (`flip=False`: the image alone)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([eval_view(im) for im in images[start : start + batch_size]])).to(device)
-        pool1, fc1 = model.features(x, modality=modality)
-        pool2, fc2 = model.features(torch.flip(x, dims=[3]), modality=modality)
-        f = fc1 + fc2 if output == "fc" else pool1 + pool2
+        pool, fc = model.features(x, modality=modality)
+        if flip:
+            pool2, fc2 = model.features(torch.flip(x, dims=[3]), modality=modality)
+            pool, fc = pool + pool2, fc + fc2
+        f = fc if output == "fc" else pool
         out.append(torch.nn.functional.normalize(f, dim=1).cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.pool_dim), dtype=np.float32)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from factory.errors import FactoryError
 from factory.world.layouts import LAYOUTS, WORLD_VERSION, write_world
 
-_OPTIONS = {"identities": int, "seed": int, "images_per_camera": int}
+_OPTIONS = {"identities": int, "seed": int, "images_per_camera": int, "outfits": int}
 
 
 def default_cache_dir() -> Path:

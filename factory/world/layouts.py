@@ -39,7 +39,8 @@ class WorldWriter:
     root: Path
     seed: int
     size: tuple[int, int]
-    outfits: int = 2
+    outfits: int = 2  # each person's wardrobe
+    outfits_seen: int = 2  # ltcc: how many of them the cameras show
     on_image: Callable[[], None] | None = None  # progress
     rows: list[dict] = field(default_factory=list)
 
@@ -236,7 +237,7 @@ def write_ltcc(w: WorldWriter, identities: int, per_camera: int) -> None:
         rng = _rng(w.seed, "ltcc-cameras", pid)
         cams = sorted(rng.sample(range(1, 13), 4))
         for i, cam in enumerate(cams):
-            outfit = i % w.outfits  # every person is seen in each of their outfits
+            outfit = i % w.outfits_seen  # every person is seen in each of the outfits shown
             for n in range(1, per_camera + 1):
                 frame += 1
                 name = f"{pid:03d}_{outfit + 1}_c{cam}_{frame:06d}.png"
@@ -268,19 +269,27 @@ def write_world(
     identities: int,
     seed: int,
     images_per_camera: int | None = None,
+    outfits: int = 2,
     size: tuple[int, int] = (64, 128),
     on_image: Callable[[], None] | None = None,
 ) -> int:
-    """Render the world into `out` in `layout`'s exact layout; returns the number of images."""
+    """Render the world into `out` in `layout`'s exact layout; returns the number of images.
+
+    `outfits` (ltcc only): how many outfits each person is seen in; with 1, as for LTCC's
+    people filmed in one outfit, no query has a clothes-changing match.
+    """
     if layout not in LAYOUTS:
         raise FactoryError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     spec = LAYOUTS[layout]
     if identities < spec.min_identities:
         raise FactoryError(f"the {layout} layout needs at least {spec.min_identities} identities, got {identities}")
+    if outfits != 2 and (layout != "ltcc" or outfits < 1):
+        raise FactoryError(f"outfits={outfits}: only the ltcc layout takes it, as 1 or more (others show 2 outfits)")
     per_camera = images_per_camera or spec.images_per_camera
-    writer = WorldWriter(Path(out), seed, size, outfits=2, on_image=on_image)
+    writer = WorldWriter(Path(out), seed, size, outfits=max(2, outfits), outfits_seen=outfits, on_image=on_image)
     spec.write(writer, identities, per_camera)
     writer.finish(
         {"layout": layout, "identities": identities, "seed": seed, "images_per_camera": per_camera, "size": size}
+        | ({"outfits": outfits} if outfits != 2 else {})
     )
     return len(writer.rows)
