@@ -13,7 +13,7 @@ from experiments import dlcr_world
 TINY = ["--identities", "6", "--seeds", "0", "--epochs", "1", "--variants", "1", "--query-variants", "1",
         "--steps", "1", "--p", "2", "--k", "2", "--height", "64", "--width", "32", "--jobs", "2"]
 METRICS = {"rank1", "mAP"}
-SPLITS = {"same_clothes", "clothes_changing", "clothes_changing_refined"}
+SPLITS = {"same_clothes", "clothes_changing", "clothes_changing_refined", "clothes_changing_refined_flipped"}
 
 
 @pytest.mark.slow
