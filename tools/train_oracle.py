@@ -1,7 +1,7 @@
 """Train the identity oracle, the ReID model that judges identity consistency, and check it on unseen people.
 
-    python -m tools.train_oracle --out factory/models/weights/oracle [--identities 1200
-        --epochs 40 --p 8 --k 4 --lr 2e-3 --degraded 0.5 --seed 0 --threads 1]
+    python -m tools.train_oracle --out factory/models/weights/oracle [--identities 2000
+        --epochs 80 --p 8 --k 4 --lr 2e-3 --degraded 0.5 --seed 0 --threads 1]
     python -m tools.train_oracle --check [--model DIR]    # only the check, on any model folder
 
 Training data: people 0..N-1 of the oracle's own world seed (7000: no experiment,
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="model folder to write (train, then check)")
     parser.add_argument("--check", action="store_true", help="only check --model (default: the shipped oracle)")
     parser.add_argument("--model", default="world", help="with --check: 'world' or a train-reid folder")
-    parser.add_argument("--identities", type=int, default=1200)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--identities", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--p", type=int, default=8)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
