@@ -157,6 +157,14 @@ def test_bad_world_uris_are_refused(uri):
         parse_world_uri(uri)
 
 
+def test_outfits_is_for_the_ltcc_layout_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FactoryError, match="outfits=1: only the ltcc layout takes it"):
+        load_dataset("world://sysu?identities=4&outfits=1")
+    splits = load_dataset("world://ltcc?identities=6&seed=0&outfits=1")
+    assert {r.clothes.split("_")[1] for s in ("train", "query", "gallery") for r in splits[s]} == {"1"}
+
+
 def test_world_command(tmp_path):
     out = tmp_path / "prcc"
     result = run_cli("world", "--layout", "prcc", "--out", str(out), "--identities", "4", "--seed", "1")
