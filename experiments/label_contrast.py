@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         auc = {}
         for arm, labelled_ir in (("true labels", ir), ("shuffled labels", dive_world.shuffled(ir, args.seed))):
-            model = train_model(concat_trainsets(rgb, labelled_ir), dive_world.AGW, train, seed=args.seed).model
+            model = train_model(concat_trainsets(rgb, labelled_ir), dive_world.agw("random"), train, seed=args.seed).model
             auc[arm] = cross_modal_scores(features(model, held_out, "rgb"), features(model, held_out, "ir"))["auc"]
             print(f"{arm:16s} held-out RGB->IR AUC {auc[arm]:.4f}", flush=True)
     finally:
