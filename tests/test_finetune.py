@@ -51,6 +51,7 @@ SPEC = {
     "batch_size": 4,
     "steps": 12,
     "checkpoint_every": 4,
+    "workers": 0,  # in this long-lived test process; the killed-and-resumed run and the batches test use workers
 }
 
 
@@ -142,7 +143,7 @@ def test_batches_do_not_depend_on_workers_or_where_reading_starts(tmp_path):
 def test_killed_and_resumed_reaches_the_same_weights(finished, tmp_path):
     out = tmp_path / "ft"
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump({**SPEC, "output": str(out), "steps": 12, "checkpoint_every": 4}))
+    spec_file.write_text(yaml.safe_dump({**SPEC, "output": str(out), "steps": 12, "checkpoint_every": 4, "workers": 2}))
     trainer = subprocess.Popen(
         [str(Path(sys.executable).with_name("factory")), "finetune", str(spec_file)],
         stdout=subprocess.DEVNULL,
