@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from factory.errors import FactoryError
 from factory.reid.backbone import build_model
@@ -91,8 +91,13 @@ def test_the_world_backbone_tool_writes_what_training_starts_from(tmp_path):
     from tools import train_backbone
 
     out = tmp_path / "world-tiny.safetensors"
-    summary = train_backbone.main(["--out", str(out), "--identities", "6", "--epochs", "1", "--p", "3", "--k", "2"])
+    summary = train_backbone.main(["--out", str(out), "--identities", "6", "--epochs", "1", "--p", "3", "--k", "2",
+                                   "--model-out", str(tmp_path / "scorer")])
     assert out.is_file() and not out.with_name(out.name + ".checkpoint.pt").exists()
+    from factory.reid.oracle import load_reid
+
+    scorer, _ = load_reid(str(tmp_path / "scorer"))  # the whole model, as `factory score --reid DIR` reads it
+    assert torch.equal(scorer.visible_stem[0].weight, load_file(str(out))["conv1.weight"])
     assert summary["world_seed"] == train_backbone.BACKBONE_WORLD_SEED and summary["bytes"] < 5_000_000
 
     splits = load_dataset("world://sysu?identities=4&seed=0")

@@ -15,6 +15,10 @@ stem as `conv1`/`bn1` (an ImageNet model has one stem; `load_backbone` copies it
 both) and `layer1`-`layer4`; the classifier, the non-local blocks and BNNeck are not
 kept. Until it finishes, `<out>.checkpoint.pt` holds a checkpoint after every epoch and
 the same command continues from it. On a GPU add `--device cuda` (not run here).
+
+`--model-out DIR` also writes the whole trained AGW as a `factory train-reid` folder: a
+ReID model of other people than the identity oracle's, for scoring or gating generated
+data while the oracle stays the independent judge.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from safetensors.torch import save_file
 from factory.reid.backbone import TwoStreamResNet
 from factory.reid.oracle import render_set
 from factory.reid.pretrained import STEM, WORLD_BACKBONE
+from factory.reid.run import save_model
 from factory.reid.spec import TrainSpec
 from tools.train_oracle import MODEL, attribute_targets, train_with_attributes
 
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model-out", type=Path, help="also write the whole model as a train-reid folder here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # subnormal weights late in training are many times slower on x86
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     save_file(torchvision_state(trained.model), str(args.out),
               metadata={"made_by": "python -m tools.train_backbone", "recipe": json.dumps(recipe)})
     checkpoint.unlink()
+    if args.model_out is not None:
+        args.model_out.mkdir(parents=True, exist_ok=True)
+        save_model(trained, MODEL, args.model_out)
     summary = {**recipe, "seconds": round(time.monotonic() - started, 1), "bytes": args.out.stat().st_size}
     print(json.dumps(summary))
     return summary
