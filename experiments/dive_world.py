@@ -24,6 +24,9 @@ and skipped when already finished there (a killed run resumes where it stopped):
    steps, `--seeds` times: A; A+B RGB with grey copies as IR; A+B RGB+B generated IR;
    the same with B's IR given to the wrong B person (identity link broken); A+B RGB+the
    control's IR; A+B RGB+B IR rendered by the world (a perfect generator, the ceiling).
+   With `--gate-scorer DIR --gate-thresholds T ...`, B's generated IR is scored by that
+   ReID model (`factory score`; not the oracle, which stays the judge) and one more arm
+   per threshold trains on A+B RGB+only the B IR images scoring at least T.
 
 Printed: each arm's mAP and rank-1 (mean ± std), each arm's paired gain over A (per
 seed, then mean ± std) and the share of the ceiling's gain it recovers; the identity
@@ -39,7 +42,7 @@ import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,7 @@ from factory.reid.evaluate import evaluate_model
 from factory.reid.oracle import features, load_reid
 from factory.reid.run_identity import score_run
 from factory.reid.sampler import IdentitySampler
+from factory.reid.score_run import score_run as score_samples
 from factory.reid.spec import EvaluationSpec, MixSpec, ModelSpec, RunSource, TrainSpec
 from factory.reid.train import train_model
 from factory.seeds import derive_seed
@@ -91,6 +95,8 @@ class Settings:
     batches_per_epoch: int
     jobs: int
     init: str = "random"
+    gate_scorer: str | None = None  # scores B's generated IR for the gated arms: not the oracle that judges
+    gate_thresholds: list[float] = field(default_factory=list)
 
     @property
     def sysu(self) -> str:
@@ -160,10 +166,11 @@ def make_runs(s: Settings, a: list[int], b: list[int]) -> tuple[dict[str, str], 
     return {name: spec.output for name, spec in specs.items()}, tuned
 
 
-def run_images(uri: str, modality: str, offset: int) -> TrainSet:
-    """One modality of a run, class = offset + the run's identity (a Market pid)."""
-    images, _ = build_trainset([], None, [RunSource(uri=uri, modalities=[modality])],
-                               MixSpec(identity_offset=0, camera_offset=0), SIZE)
+def run_images(uri: str, modality: str, offset: int, min_score: float | None = None) -> TrainSet:
+    """One modality of a run, class = offset + the run's identity (a Market pid); with `min_score`, only the
+    images whose identity_score reaches it (the quality gate)."""
+    source = RunSource(uri=uri, modalities=[modality], min_identity_score=min_score)
+    images, _ = build_trainset([], None, [source], MixSpec(identity_offset=0, camera_offset=0), SIZE)
     return replace(images, labels=images.labels + offset)
 
 
@@ -222,6 +229,9 @@ def arms(s: Settings, runs: dict[str, str], a_records: list[Record], market_trai
         "control: gen IR, shuffled": concat_trainsets(a, b_rgb, shuffled(b_ir, 0)),
         "control: base IR, no identity": concat_trainsets(a, b_rgb, run_images(runs["b-ir-control"], "ir", B_OFFSET)),
         "ceiling: rendered IR": concat_trainsets(a, b_rgb, rendered_ir(b_people, s.ir_per_identity)),
+    } | {
+        f"A+B rgb+B gen IR, gated at {t:g}": concat_trainsets(a, b_rgb, run_images(runs["b-ir"], "ir", B_OFFSET, t))
+        for t in s.gate_thresholds
     }
 
 
@@ -321,13 +331,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once, one torch thread each")
     parser.add_argument("--init", default="random",
                         help="where the ReID backbone starts: random, world (pretrained on other world people) or a file")
+    parser.add_argument("--gate-scorer", help="a train-reid folder that scores B's generated IR (not the oracle: "
+                        "e.g. tools.train_backbone --model-out); with --gate-thresholds, one gated arm per threshold")
+    parser.add_argument("--gate-thresholds", type=float, nargs="*", default=[],
+                        help="minimum identity_score of a generated IR image in a gated arm")
     args = parser.parse_args(argv)
+    if bool(args.gate_scorer) != bool(args.gate_thresholds):
+        parser.error("--gate-scorer and --gate-thresholds go together")
     options = {k: getattr(args, k) for k in ("seeds", "sysu_identities", "market_identities", "a_people",
                                              "finetune_steps", "ir_per_identity", "steps", "epochs",
                                              "batches_per_epoch")}
     if args.quick:
         options.update(QUICK)
-    s = Settings(work=args.work, base=args.base, guidance=args.guidance, jobs=args.jobs, init=args.init, **options)
+    s = Settings(work=args.work, base=args.base, guidance=args.guidance, jobs=args.jobs, init=args.init,
+                 gate_scorer=args.gate_scorer, gate_thresholds=args.gate_thresholds, **options)
     s.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     sysu, market = load_dataset(s.sysu), load_dataset(s.market)
@@ -336,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     b = sorted({r.identity for r in market["train"]})
     runs, tuned = make_runs(s, a, b)
     identity = identity_figures(s, runs, tuned, market["train"])
+    if s.gate_scorer:  # a run keeps the scores of whoever scored it first: give the gated arms their own --work
+        print(f"gate scores: {score_samples(runs['b-ir'], s.gate_scorer)}", flush=True)
 
     table = arms(s, runs, a_records, market["train"])
     for arm, trainset in table.items():  # the sampler counts only people with both RGB and IR images

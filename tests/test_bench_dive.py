@@ -58,11 +58,14 @@ def test_the_whole_benchmark_runs_on_the_smallest_settings(tmp_path):
         result = dive_world.main(["--work", str(tmp_path), "--seeds", "0", "--sysu-identities", "20",
                                   "--market-identities", "8", "--a-people", "4", "--finetune-steps", "2",
                                   "--ir-per-identity", "1", "--steps", "2", "--epochs", "1", "--batches-per-epoch",
-                                  "2", "--jobs", "1"])
+                                  "2", "--jobs", "1", "--gate-scorer", "world", "--gate-thresholds", "-1"])
     finally:
         torch.set_num_threads(threads)
     assert list(result["reid"]) == ["A", "A+B rgb (grey as IR)", "A+B rgb+B gen IR", "control: gen IR, shuffled",
-                                    "control: base IR, no identity", "ceiling: rendered IR"]
+                                    "control: base IR, no identity", "ceiling: rendered IR",
+                                    "A+B rgb+B gen IR, gated at -1"]
+    # Every scored image passes a gate at -1 (an unscored one would not): the ungated arm's images, so its result.
+    assert result["per_seed"]["A+B rgb+B gen IR, gated at -1"] == result["per_seed"]["A+B rgb+B gen IR"]
     assert result["settings"]["a_people"] == 4 and result["settings"]["b_people"] == 4
     a, ceiling = result["per_seed"]["A"][0], result["per_seed"]["ceiling: rendered IR"][0]
     row = result["reid"]["ceiling: rendered IR"]
