@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-dive-world"),
                         help="keeps the fine-tune, the runs and every arm's result; finished stages are skipped")
     parser.add_argument("--quick", action="store_true", help="small world, few steps, one seed: a smoke run")
+    parser.add_argument("--identity-only", action="store_true",
+                        help="stop after the identity figures (stages 1-3; e.g. to rescore cached runs with a new oracle)")
     parser.add_argument("--base", default="world", help="the base model: a preset or a diffusers folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--sysu-identities", type=int, default=300, help="the SYSU-like world (a fifth are test)")
@@ -353,6 +355,9 @@ def main(argv: list[str] | None = None) -> dict:
     b = sorted({r.identity for r in market["train"]})
     runs, tuned = make_runs(s, a, b)
     identity = identity_figures(s, runs, tuned, market["train"])
+    if args.identity_only:
+        print(json.dumps(identity))
+        return {"identity": identity}
     if s.gate_scorer:  # a run keeps the scores of whoever scored it first: give the gated arms their own --work
         print(f"gate scores: {score_samples(runs['b-ir'], s.gate_scorer)}", flush=True)
 
