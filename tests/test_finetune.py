@@ -33,6 +33,7 @@ from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
 from factory.models.presets import preset_path
 from manifests import Run
+from manifests.run_info import spec_fingerprint
 
 SPEC = {
     "run_id": "ft",
@@ -221,6 +222,16 @@ def test_bad_input_is_one_line(tmp_path):
         assert result.returncode == 2 and len(errors) == 1, result.stderr
         assert expected in errors[0], errors[0]
         assert "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_of_the_earlier_format_is_refused_in_one_line(tmp_path):
+    """Before accelerate's save_state, a checkpoint held optimizer.pt and no token_rows.safetensors."""
+    spec = make_spec(tmp_path / "ft")
+    old = tmp_path / "ft" / "checkpoints" / "step-00000004"
+    old.mkdir(parents=True)
+    (old / "state.json").write_text(json.dumps({"step": 4, "spec_fingerprint": spec_fingerprint(spec.content())}))
+    with pytest.raises(FactoryError, match="is a checkpoint of an older release; fine-tune into a new --out"):
+        finetune(spec, resume=True)
 
 
 def test_a_camera_the_model_does_not_know_is_refused_before_any_image(finished, tmp_path):
