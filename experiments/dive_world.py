@@ -296,16 +296,17 @@ def identity_figures(s: Settings, runs: dict[str, str], tuned: dict, market_trai
 
 
 def summarise(scores: dict[str, list[dict]]) -> dict:
-    """Per arm: mean ± std of mAP and rank-1, the paired gain over A and the share of the ceiling's gain."""
+    """Per arm: mean ± std of mAP and rank-1, the paired gain over A and the share of the ceiling's gain
+    (None without the ceiling arm)."""
     table = {}
     for arm, rows in scores.items():
         row = {m: mean_std([r[m] for r in rows]) for m in ("mAP", "rank1")}
         for m in ("mAP", "rank1"):
             gains = [r[m] - a[m] for r, a in zip(rows, scores["A"])]
-            ceiling = [c[m] - a[m] for c, a in zip(scores["ceiling: rendered IR"], scores["A"])]
+            ceiling = [c[m] - a[m] for c, a in zip(scores.get("ceiling: rendered IR", []), scores["A"])]
             row[f"{m}_gain"] = mean_std(gains)
-            row[f"{m}_recovered"] = round(statistics.mean(gains) / statistics.mean(ceiling), 3) if statistics.mean(
-                ceiling) else None
+            row[f"{m}_recovered"] = (round(statistics.mean(gains) / statistics.mean(ceiling), 3)
+                                     if ceiling and statistics.mean(ceiling) else None)
         table[arm] = row
     return table
 
@@ -337,6 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "e.g. tools.train_backbone --model-out); with --gate-thresholds, one gated arm per threshold")
     parser.add_argument("--gate-thresholds", type=float, nargs="*", default=[],
                         help="minimum identity_score of a generated IR image in a gated arm")
+    parser.add_argument("--arms", nargs="+", metavar="ARM",
+                        help="train and report only these arms (names as printed; default: all); A is always kept")
     args = parser.parse_args(argv)
     if bool(args.gate_scorer) != bool(args.gate_thresholds):
         parser.error("--gate-scorer and --gate-thresholds go together")
@@ -362,6 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"gate scores: {score_samples(runs['b-ir'], s.gate_scorer)}", flush=True)
 
     table = arms(s, runs, a_records, market["train"])
+    if args.arms:
+        if unknown := set(args.arms) - set(table):
+            parser.error(f"--arms: no arm named {', '.join(sorted(unknown))} (arms: {', '.join(table)})")
+        table = {arm: trainset for arm, trainset in table.items() if arm == "A" or arm in args.arms}
     for arm, trainset in table.items():  # the sampler counts only people with both RGB and IR images
         trained_on = len(IdentitySampler(trainset, p=4, k=4).identities)
         print(f"{arm:30s} {trained_on:4d} identities {len(trainset):6d} images", flush=True)

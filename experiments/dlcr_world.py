@@ -62,7 +62,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-ARMS = ("real", "real+variants", "real+variants+progressive")
+ARMS = ("real", "real+recoloured", "real+variants", "real+variants+progressive")
+# The inpaint run each arm's training batches draw variants from (None: real images only).
+ARM_VARIANTS = {"real": None, "real+recoloured": "recoloured", "real+variants": "train",
+                "real+variants+progressive": "train"}
+QUICK = {"identities": 40, "seeds": [0, 1], "epochs": 10, "variants": 2, "query_variants": 2, "steps": 10}
 HEIGHT, WIDTH = 128, 64  # the world model's size, and the ReID input (the world's native size)
 DLCR_EPOCHS = 60  # CAL's schedule, which DLCR's thresholds and CAL's milestones refer to
 SPLITS = {"same_clothes": "same-clothes", "clothes_changing": "changed-clothes"}
@@ -81,11 +85,13 @@ def _one_thread() -> None:
 # ---- stage 1: inpainting ----------------------------------------------------------------------------
 
 
-def inpaint_spec(work: Path, dataset: str, split: str, variants: int, steps: int, guidance: float) -> dict:
-    """An InpaintSpec (as a dict) for one split; its folder is named by its settings."""
+def inpaint_spec(work: Path, dataset: str, split: str, variants: int, steps: int, guidance: float,
+                 recolour: bool = False) -> dict:
+    """An InpaintSpec (as a dict) for one split; its folder is named by its settings. `recolour`: the
+    control (same masks, sources and variant seeds, each garment a random palette colour, no model)."""
     body = {
         "seed": 0,
-        "model": {"preset": "world"},
+        **({"generator": "recolour"} if recolour else {"model": {"preset": "world"}}),
         "source": {"dataset": dataset, "split": split},
         "masks": {"source": "world"},
         "wardrobe": {"source": "world"},
@@ -96,7 +102,7 @@ def inpaint_spec(work: Path, dataset: str, split: str, variants: int, steps: int
                     "width": WIDTH, "height": HEIGHT, "batch_size": variants, "dtype": "float32"},
         "resources": {"cpus_per_actor": 1},
     }
-    name = f"{split}-{_digest(body)}"
+    name = f"{split}{'-recoloured' if recolour else ''}-{_digest(body)}"
     return {**body, "run_id": f"dlcr-world-{name}", "output": str(work / "inpaint" / name)}
 
 
@@ -208,17 +214,17 @@ def print_table(summary: dict) -> None:
     def cell(v):
         return f"{v[0]:.4f} ± {v[1]:.4f}"
 
-    header = (f"{'arm':36s} {'same r1':>15s} {'same mAP':>15s} {'changed r1':>15s} {'changed mAP':>15s}")
+    header = (f"{'arm':54s} {'same r1':>15s} {'same mAP':>15s} {'changed r1':>15s} {'changed mAP':>15s}")
     print(header)
     for arm, row in summary.items():
-        print(f"{arm:36s} {cell(row['same_clothes']['rank1']):>15s} {cell(row['same_clothes']['mAP']):>15s} "
+        print(f"{arm:54s} {cell(row['same_clothes']['rank1']):>15s} {cell(row['same_clothes']['mAP']):>15s} "
               f"{cell(row['clothes_changing']['rank1']):>15s} {cell(row['clothes_changing']['mAP']):>15s}")
     for suffix, name in ((" (refined)", "clothes_changing_refined"),
                          (" (refined, variants flipped)", "clothes_changing_refined_flipped")):
         for arm, row in summary.items():
             if name in row:
                 refined = row[name]
-                print(f"{arm + suffix:36s} {'—':>15s} {'—':>15s} {cell(refined['rank1']):>15s} "
+                print(f"{arm + suffix:54s} {'—':>15s} {'—':>15s} {cell(refined['rank1']):>15s} "
                       f"{cell(refined['mAP']):>15s}")
 
 
@@ -226,7 +232,11 @@ def print_table(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.dlcr_world", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a small run of every arm (under 10 minutes on 2 cores): {QUICK}")
     parser.add_argument("--identities", type=int, default=150, help="world://prcc identities (train ~57 %%, test 1/3)")
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--work", default="runs/bench-dlcr-world", help="cache of every stage")
@@ -234,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--query-variants", type=int, default=4, help="variants per changed-clothes query (DLCR: 4)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps (DLCR: 50)")
     parser.add_argument("--guidance", type=float, default=4.0, help="DLCR: 7.5, where the world model saturates")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--epochs", type=int, default=60, help="CAL: 60; DLCR's and CAL's schedules scale with it")
     parser.add_argument("--p", type=int, default=8, help="identities per batch (CAL: 8)")
@@ -243,9 +253,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--height", type=int, default=HEIGHT, help="ReID input height")
     parser.add_argument("--width", type=int, default=WIDTH, help="ReID input width")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
-    parser.add_argument("--init", default="random",
-                        help="where the ReID backbone starts: random, world (pretrained on other world people) or a file")
+    parser.add_argument("--init", default="world",
+                        help="where the ReID backbone starts: world (pretrained on other world people), random or a file")
     args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
 
     _one_thread()
     from factory.datasets import load_dataset
@@ -270,15 +283,13 @@ def main(argv: list[str] | None = None) -> dict:
              "cal_start_epoch": sched["cal_start_epoch"], "checkpoint_every": args.epochs}
     inpaints = {
         "train": inpaint_spec(work, dataset, "train", args.variants, args.steps, args.guidance),
+        "recoloured": inpaint_spec(work, dataset, "train", args.variants, args.steps, args.guidance, recolour=True),
         "query": inpaint_spec(work, dataset, "query_changed", args.query_variants, args.steps, args.guidance),
     }
     refinement = {"uri": inpaints["query"]["output"], "variants": args.query_variants, "top": 5}
-    arm_variants = {
-        "real": None,
-        "real+variants": {"uri": inpaints["train"]["output"], "progressive": False},
-        "real+variants+progressive": {"uri": inpaints["train"]["output"], "progressive": True,
-                                      "thresholds": sched["thresholds"]},
-    }
+    arm_variants = {arm: None if run is None else {"uri": inpaints[run]["output"], "progressive": False}
+                    for arm, run in ARM_VARIANTS.items()}
+    arm_variants["real+variants+progressive"] |= {"progressive": True, "thresholds": sched["thresholds"]}
     print(f"dataset {dataset}: {identities} training identities, {counts}; "
           f"{args.variants} variants per training image, {args.query_variants} per changed-clothes query "
           f"(world preset, DDIM {args.steps} steps, guidance {args.guidance}); CAL tiny {args.height}x{args.width} "
@@ -305,11 +316,11 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             todo.append(job)
     def needs(job: dict) -> set[str]:
-        """The inpaint runs an arm reads: the query variants (refinement), and the training variants."""
-        return {"query"} | ({"train"} if job["variants"] else set())
+        """The inpaint runs an arm reads: the query variants (refinement), and its training variants."""
+        return {"query"} | ({ARM_VARIANTS[job["arm"]]} if ARM_VARIANTS[job["arm"]] else set())
 
-    # Only the runs an unfinished arm needs; the query run first, so the real-only arms can start early.
-    waiting = [name for name in ("query", "train") if any(name in needs(j) for j in todo)]
+    # Only the runs an unfinished arm needs; the quick ones first, so the arms needing only them start early.
+    waiting = [name for name in ("recoloured", "query", "train") if any(name in needs(j) for j in todo)]
     running: dict[Future, tuple[str, object]] = {}
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:

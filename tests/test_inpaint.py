@@ -1,5 +1,6 @@
 """`factory inpaint` on a local Ray with the tiny inpainting preset and a PRCC-like world
-(and, in process, the 4-channel `world` preset, which inpaints by latent blending).
+(and, in process, the `world` preset's trained inpainting model, and its 4-channel text-to-image
+folder, which inpaints by latent blending).
 
 The world's ground-truth LIP maps are the masks and its attribute descriptions the
 wardrobe, so the semantics can be checked exactly: outside the clothing mask every
@@ -33,6 +34,7 @@ from factory import api
 from factory.datasets import load_dataset
 from factory.dlcr.inpainter import Inpainter, paste_back
 from factory.dlcr.masks import LabelRule, clothes_mask
+from factory.dlcr.recolour import RECOLOUR_FINGERPRINT, recolour
 from factory.dlcr.method import build_wardrobe
 from factory.dlcr.spec import InpaintSpec
 from factory.dlcr.tasks import InpaintResult, Skipped, SourceShard
@@ -41,7 +43,7 @@ from factory.dlcr.writer import read_skipped, skipped_uri, write_inpaint_shard
 from factory.engine.pools import NAMESPACE
 from factory.engine.runtime import Runtime
 from factory.errors import FactoryError
-from factory.models.presets import build_preset, preset_configs, preset_path
+from factory.models.presets import SHIPPED, build_preset, preset_configs, preset_path
 from factory.models.reference import ModelRef, folder_digest
 from factory.models.tokenizer import build_clip_tokenizer
 from factory.spec import load_spec
@@ -324,12 +326,14 @@ def test_inpainting_presets_have_the_9_channel_unet(tmp_path):
     assert unet.config.in_channels == 9 and round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 859.5
 
 
-def test_the_world_preset_inpaints_by_latent_blending(world, tmp_path):
-    """The shipped text-to-image model (4-channel UNet): latent blending, the paste-back rule still holds."""
+@pytest.mark.parametrize("model", [{"preset": "world"}, {"path": str(SHIPPED["world"])}], ids=["9-channel", "blending"])
+def test_the_world_models_inpaint(world, tmp_path, model):
+    """The world preset's inpainting model (9-channel UNet) and its text-to-image folder (4 channels,
+    latent blending): the paste-back rule holds for both."""
     out = str(tmp_path / "run")
     spec = make_spec(
         out,
-        model={"preset": "world"},
+        model=model,
         source={"dataset": WORLD, "identities": 1, "images_per_identity": 2},
         sampler={"steps": 2, "guidance": 4.0, "width": 64, "height": 128, "batch_size": 2},
     )
@@ -337,9 +341,45 @@ def test_the_world_preset_inpaints_by_latent_blending(world, tmp_path):
     made = variants(out)
     assert len(made) == 2 * VARIANTS
     only_the_clothes_changed(made, world)
-    fingerprint = ModelRef(preset="world").fingerprint(inpainting=True)
+    fingerprint = ModelRef(**model).fingerprint(inpainting=True)
     assert {row["model"] for row, _ in made} == {fingerprint} != {ModelRef(preset="tiny").fingerprint(inpainting=True)}
+    channels = 9 if "preset" in model else 4
+    assert Inpainter.load(ModelRef(**model)).pipe.unet.config.in_channels == channels
     assert verify_run(out).ok()
+
+
+def test_the_recolour_control_repaints_each_garment_in_one_colour_with_its_shading(world, tmp_path):
+    out = str(tmp_path / "run")
+    spec = {k: v for k, v in SPEC.items() if k != "model"}
+    assert api.run(InpaintSpec.model_validate({**spec, "output": out, "generator": "recolour"}), use_ray=False)[
+        "generated_images"] == IDENTITIES * IMAGES * VARIANTS
+    made = variants(out)
+    only_the_clothes_changed(made, world)
+    assert {row["model"] for row, _ in made} == {RECOLOUR_FINGERPRINT}
+    assert verify_run(out).ok()
+    row, pixels = made[0]
+    with Image.open(world.root / row["parent"]) as image:
+        source = image.convert("RGB")
+    with Image.open((world.root / "world" / "parsing" / row["parent"]).with_suffix(".png")) as label_map:
+        labels = np.asarray(label_map)
+    mask = clothes_mask(labels, LabelRule())
+    assert np.array_equal(pixels, np.asarray(recolour(source, mask, labels, row["seed"])))  # the variant's seed
+    garments = np.where(labels == 19, 18, labels)  # a pair of shoes is one garment
+    for label in np.unique(garments[mask]):  # one hue per garment: every pixel a multiple of one colour
+        region = pixels[mask & (garments == label)].astype(float)
+        bright = region[region.sum(1) > 60]
+        chroma = bright / bright.sum(1, keepdims=True)
+        assert chroma.std(0).max() < 0.03, label
+    other = [p for r, p in made if r["parent"] == row["parent"] and r["key"] != row["key"]]
+    assert other and not np.array_equal(other[0][mask], pixels[mask])  # each variant draws its own colours
+
+
+def test_the_recolour_control_takes_no_model():
+    spec = {**SPEC, "output": "x", "generator": "recolour"}
+    with pytest.raises(ValueError, match="generator recolour uses no model"):
+        InpaintSpec.model_validate(spec)
+    with pytest.raises(ValueError, match="model is required"):
+        InpaintSpec.model_validate({k: v for k, v in SPEC.items() if k != "model"} | {"output": "x"})
 
 
 def test_a_text_to_image_folder_loads_for_latent_blending():

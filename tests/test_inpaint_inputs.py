@@ -29,6 +29,7 @@ from factory.dlcr.wardrobe import (
 from factory.errors import FactoryError
 from factory.spec import load_spec
 from factory.world import LIP
+from factory.world.captions import CLOTHING_SLOTS, SLOTS, VOCABULARY
 
 WORLD = "world://prcc?identities=8&seed=0"
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +158,13 @@ def test_world_wardrobe_describes_each_outfit_once(prcc):
     assert set(wardrobe.outfits) == {f"{p}_{s}" for p in ids for s in ("AB", "C")}
     one = wardrobe.outfits[groups[0].outfit]
     assert one.identity == groups[0].identity and len(one.items) >= 2
-    assert one.prompt == one.prompt.lower() and "|" not in one.prompt and one.prompt.endswith("shoes")
+    # The prompt is in the world models' words: the outfit's clothing slots, every other slot open.
+    words = one.prompt.removeprefix("a rgb photo of a ").removesuffix(" person").split()
+    assert len(words) == len(SLOTS)
+    for slot, word in zip(SLOTS, words):
+        assert (word in VOCABULARY) and (word == "any") == (slot not in CLOTHING_SLOTS), (slot, word)
+    top_colour = words[SLOTS.index("top_colour")]
+    assert top_colour in one.items[0].lower()  # the first item is the top, named by its colour
 
 
 def test_wardrobe_files_round_trip_and_bad_rows_are_named(tmp_path):

@@ -15,14 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from diffusers import UNet2DConditionModel
 
+from factory.dlcr.inpainter import Inpainter
 from factory.models import ModelRef, TextToImage
-from factory.models.presets import SHIPPED, preset_path
+from factory.models.presets import SHIPPED, SHIPPED_INPAINTING, preset_path
 from factory.models.world_base import CHECKSUMS, MODALITY_WORDS, world_caption
-from factory.world.captions import ANY, COLOUR_SLOTS, SLOTS, VOCABULARY, describe, describe_words
+from factory.models.world_inpaint import inpaint_caption, inpainting_unet
+from factory.world.captions import ANY, COLOUR_SLOTS, SLOTS, VOCABULARY, describe, describe_words, outfit_prompt
 from factory.world.people import make_person
 from factory.world.render import SYSU_LIKE_CAMERAS
 from tools.train_base import main as train_base
+from tools.train_inpaint import main as train_inpaint
 
 TINY = ["--images", "12", "--vae-steps", "2", "--unet-steps", "2", "--batch-size", "4", "--height", "32", "--width", "16"]
 PERSON = describe(make_person(0, 0), 0)
@@ -146,3 +151,82 @@ def test_shipped_world_preset_matches_its_manifest_and_generates():
     image = pipe.generate([PROMPTS[0]], [None], [0], steps=3, width=64, height=128)[0]
     assert image.size == (64, 128)
     assert ModelRef(preset="world").fingerprint() not in (ModelRef(preset="tiny").fingerprint(), "")
+
+
+# ---- the inpainting variant (tools.train_inpaint) ----------------------------------------------------------
+
+INPAINT_TINY = ["--images", "8", "--steps", "2", "--batch-size", "4", "--height", "32", "--width", "16"]
+
+
+def train_inpaint_into(base: Path, out: Path, *args: str) -> dict:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert train_inpaint(["--base", str(base), "--out", str(out), *args]) == 0
+    return json.loads(printed.getvalue().strip().splitlines()[-1])
+
+
+def test_the_inpainting_unet_starts_as_its_base(trained):
+    base = UNet2DConditionModel.from_pretrained(trained[0] / "unet")
+    grown = inpainting_unet(base)
+    assert grown.config.in_channels == 9
+    latents, extra = torch.randn(2, 4, 8, 4), torch.randn(2, 5, 8, 4)
+    hidden = torch.randn(2, 77, base.config.cross_attention_dim)
+    with torch.no_grad():
+        expected = base(latents, 10, hidden).sample
+        assert torch.allclose(grown(torch.cat([latents, extra], 1), 10, hidden).sample, expected, atol=1e-6)
+
+
+def test_inpaint_training_writes_a_deterministic_inpainting_folder(trained, tmp_path):
+    summary = train_inpaint_into(trained[0], tmp_path / "a", *INPAINT_TINY)
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    assert json.loads((tmp_path / "a" / "model_index.json").read_text())["_class_name"] == (
+        "StableDiffusionInpaintPipeline")
+    assert checked_files(tmp_path / "a") == {p.relative_to(tmp_path / "a").as_posix()
+                                             for p in (tmp_path / "a").rglob("*") if p.is_file()} - {CHECKSUMS}
+    inpainter = Inpainter.load(ModelRef(path=str(tmp_path / "a")))
+    assert inpainter.pipe.unet.config.in_channels == 9
+    for part in ("vae", "text_encoder"):  # only the UNet trains
+        assert weight_bytes(tmp_path / "a" / part) == weight_bytes(trained[0] / part)
+    train_inpaint_into(trained[0], tmp_path / "b", *INPAINT_TINY)
+    assert weight_bytes(tmp_path / "a") == weight_bytes(tmp_path / "b")
+
+
+def test_inpaint_captions_name_the_clothes_and_sometimes_only_the_clothes():
+    words = describe_words(make_person(3, 0), 0)
+    rng = random.Random(0)
+    captions = [inpaint_caption(SYSU_LIKE_CAMERAS[0], words, rng) for _ in range(400)]
+    assert 20 < captions.count("") < 60  # a tenth empty, for guidance
+    outfit_only = outfit_prompt(words).removeprefix("a rgb photo of a ")
+    assert any(c.endswith(outfit_only) for c in captions)  # the prompt DLCR's world wardrobe writes
+    assert any(c.endswith(f"{' '.join(words)} person") for c in captions)  # the whole person
+
+
+@pytest.mark.slow
+def test_inpaint_training_resumes_from_its_checkpoint_to_the_same_bytes(trained, tmp_path):
+    args = [*INPAINT_TINY[:2], "--steps", "40", "--checkpoint-every", "5", *INPAINT_TINY[4:], "--base", str(trained[0])]
+    command = [sys.executable, "-m", "tools.train_inpaint"]
+    assert subprocess.run([*command, "--out", str(tmp_path / "straight"), *args], capture_output=True).returncode == 0
+    work = tmp_path / "work"
+    resumed = [*command, "--out", str(tmp_path / "resumed"), "--work", str(work), *args]
+    killed = subprocess.Popen(resumed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = work / "inpaint-checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert json.loads(state.read_text())["step"] < 40, "the run finished before it could be killed"
+    assert subprocess.run(resumed, capture_output=True).returncode == 0
+    assert weight_bytes(tmp_path / "resumed") == weight_bytes(tmp_path / "straight")
+
+
+def test_shipped_world_inpainting_model_matches_its_manifest_and_inpaints():
+    folder = preset_path("world", inpainting=True)
+    assert folder == SHIPPED_INPAINTING["world"]
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert checked_files(folder) == files - {CHECKSUMS}
+    assert all(p.stat().st_size < 5_000_000 for p in folder.rglob("*.safetensors"))
+    inpainter = Inpainter.load(ModelRef(preset="world"))
+    assert inpainter.pipe.unet.config.in_channels == 9
+    for part in ("vae", "text_encoder"):  # made from the shipped base, whose VAE and text encoder it keeps
+        assert weight_bytes(folder / part) == weight_bytes(SHIPPED["world"] / part)

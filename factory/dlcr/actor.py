@@ -1,4 +1,4 @@
-"""The inpainting actor: parser and inpainting pipeline over one task's source images.
+"""The inpainting actor: parser and inpainting pipeline (or the recolour control) over one task's source images.
 
 An engine `Actor` (`setup()` once, `process(task)` per task), so Ray wraps it on a
 cluster and tests call it directly. Per source image: read and decode
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from factory.dlcr.masks import clothes_mask, make_parser
+from factory.dlcr.recolour import recolour
 from factory.dlcr.spec import InpaintSamplerSpec, MaskSpec
 from factory.dlcr.tasks import InpaintResult, InpaintTask, MadeVariant, Skipped, SourceImage, Variant
 from factory.engine.contract import Actor
@@ -30,7 +31,7 @@ UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 @dataclass(frozen=True)
 class InpaintConfig:
-    model: ModelRef
+    model: ModelRef | None  # None: the recolour control, nothing is drawn
     masks: MaskSpec
     dataset_root: str  # image paths in tasks are relative to it
     sampler: InpaintSamplerSpec
@@ -41,6 +42,7 @@ class InpaintConfig:
 class _Job:
     source: SourceImage
     image: Image.Image
+    labels: np.ndarray
     mask: np.ndarray
     variant: Variant
 
@@ -55,14 +57,15 @@ class InpaintActor(Actor[InpaintConfig, InpaintTask, InpaintResult]):
         from factory.dlcr.inpainter import Inpainter
         from factory.models.device import actor_device
 
-        device, dtype = actor_device(self.config.threads, self.config.sampler.dtype)
         self.parser = make_parser(self.config.masks, Path(self.config.dataset_root))
         self.parser.setup()
-        self.inpainter = Inpainter.load(self.config.model, device=device, dtype=dtype)
+        self.inpainter = None
+        if self.config.model is not None:
+            device, dtype = actor_device(self.config.threads, self.config.sampler.dtype)
+            self.inpainter = Inpainter.load(self.config.model, device=device, dtype=dtype)
 
     def process(self, task: InpaintTask) -> InpaintResult:
         self.ready()
-        samples: list[MadeVariant] = []
         skipped: list[Skipped] = []
         jobs: list[_Job] = []
         for source in task.sources:
@@ -76,19 +79,26 @@ class InpaintActor(Actor[InpaintConfig, InpaintTask, InpaintResult]):
             if not mask.any():
                 skipped.append(Skipped(source.relative, source.identity, "no clothing in its label map"))
                 continue
-            jobs += [_Job(source, image, mask, variant) for variant in source.variants]
+            jobs += [_Job(source, image, labels, mask, variant) for variant in source.variants]
+        samples = [self._variant(job, picture) for job, picture in zip(jobs, self._generate(jobs))]
+        return InpaintResult(task.task_id, task.shard, tuple(samples), tuple(skipped))
+
+    def _generate(self, jobs: list[_Job]) -> list[Image.Image]:
+        """Each job's picture: inpainted in batches of the sampler's size, or recoloured (the control)."""
+        if self.inpainter is None:
+            return [recolour(j.image, j.mask, j.labels, j.variant.seed) for j in jobs]
+        pictures: list[Image.Image] = []
         batch = self.config.sampler.batch_size
         for start in range(0, len(jobs), batch):
             chunk = jobs[start : start + batch]
-            generated = self.inpainter.inpaint(
+            pictures += self.inpainter.inpaint(
                 [j.image for j in chunk],
                 [j.mask for j in chunk],
                 [j.variant.prompt for j in chunk],
                 [j.variant.seed for j in chunk],
                 self.config.sampler,
             )
-            samples += [self._variant(job, picture) for job, picture in zip(chunk, generated)]
-        return InpaintResult(task.task_id, task.shard, tuple(samples), tuple(skipped))
+        return pictures
 
     def _variant(self, job: _Job, generated: Image.Image) -> MadeVariant:
         from factory.dlcr.inpainter import paste_back

@@ -14,8 +14,10 @@ Two kinds of UNet (diffusers' StableDiffusionInpaintPipeline runs both):
 
 - 9 input channels, an SD inpainting UNet (DLCR's SD 1.5 inpainting): noisy latents,
   the mask and the masked image's latents go in together at every step.
-- 4 input channels, a text-to-image UNet (e.g. the shipped `world` preset): latent
-  blending. The UNet never sees the mask; after each step the latents outside the
+  The `world` preset's inpainting variant is one, trained on the world
+  (`factory.models.world_inpaint`).
+- 4 input channels, a text-to-image UNet (e.g. the shipped `world` text-to-image
+  folder, given as a path): latent blending. The UNet never sees the mask; after each step the latents outside the
   (latent-resolution) mask are replaced by the source's latents noised to the next
   timestep, so the model only fills the masked region in from its surroundings. This is
   not DLCR's method, only how a text-to-image model inpaints; the paste-back above
@@ -36,7 +38,7 @@ from factory.dlcr.spec import InpaintSamplerSpec
 from factory.errors import FactoryError
 from factory.models.device import diffusers_dtype
 from factory.models.pipeline import SCHEDULERS
-from factory.models.presets import SHIPPED, preset_path
+from factory.models.presets import preset_path
 from factory.models.reference import ModelRef, resolve_model_path
 
 # SD inpainting's UNet input: noisy latents (4), the mask (1), the masked image's latents (4).
@@ -46,11 +48,11 @@ BLEND_CHANNELS = 4
 
 
 def model_folder(ref: ModelRef, cache_dir: Path | None = None) -> Path:
-    """The diffusers folder `ref` names: a built inpainting preset (tiny, sd15), the shipped
-    text-to-image `world` preset (used as it is), or a local folder."""
+    """The diffusers folder `ref` names: a preset's inpainting variant (built for tiny and sd15,
+    shipped for world) or a local folder."""
     if ref.preset is None:
         return resolve_model_path(ref.path)
-    return preset_path(ref.preset, cache_dir, inpainting=ref.preset not in SHIPPED)
+    return preset_path(ref.preset, cache_dir, inpainting=True)
 
 
 def check_unet(folder: Path, name: str) -> int:

@@ -18,6 +18,7 @@ from factory.datasets import load_dataset
 from factory.datasets.records import Record
 from factory.dlcr.actor import InpaintActor, InpaintConfig
 from factory.dlcr.masks import make_parser
+from factory.dlcr.recolour import RECOLOUR_FINGERPRINT
 from factory.dlcr.spec import InpaintSpec, SourceSpec
 from factory.dlcr.targets import TargetSampler
 from factory.dlcr.tasks import InpaintResult, InpaintTask, SourceShard, plan_source_shards, shard_tasks
@@ -104,9 +105,11 @@ class Inpaint(Method[SourceShard, InpaintTask, InpaintResult]):
             raise FactoryError(f"source: split {spec.source.split!r} of {spec.source.dataset} has no RGB images")
         parser = make_parser(spec.masks, self.splits.root)
         parser.check()
-        # a built preset is pre-staged once here, not raced for by every actor
-        check_unet(model_folder(spec.model), spec.model.path or spec.model.preset)
-        self.fingerprints = {"inpaint": spec.model.fingerprint(inpainting=True)}
+        if spec.model is None:  # the recolour control
+            self.fingerprints = {"inpaint": RECOLOUR_FINGERPRINT}
+        else:  # a built preset is pre-staged once here, not raced for by every actor
+            check_unet(model_folder(spec.model), spec.model.path or spec.model.preset)
+            self.fingerprints = {"inpaint": spec.model.fingerprint(inpainting=True)}
         if (parser_fingerprint := parser.fingerprint()) is not None:
             self.fingerprints["parser"] = parser_fingerprint
         return dict(self.fingerprints)
@@ -128,9 +131,8 @@ class Inpaint(Method[SourceShard, InpaintTask, InpaintResult]):
 
     def actor_groups(self) -> dict[str, ActorGroup]:
         spec = self.spec
-        config = InpaintConfig(
-            spec.model, spec.masks, str(self.splits.root), spec.sampler, threads=max(1, int(spec.resources.cpus_per_actor))
-        )
+        config = InpaintConfig(spec.model, spec.masks, str(self.splits.root), spec.sampler,
+                               threads=max(1, int(spec.resources.cpus_per_actor)))
         return {"rgb": ActorGroup(InpaintActor, config, spec.actors)}
 
     def tasks(self, plan: SourceShard) -> list[InpaintTask]:

@@ -109,12 +109,18 @@ class InpaintSpec(Strict):
     run_id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     output: str = Field(description="run URI: a local folder or s3://bucket/prefix")
     seed: int = 0
-    model: ModelRef = Field(
-        description="a preset or a local diffusers folder, with no fine-tuned parts (DLCR inpaints without "
-        "fine-tuning): an SD inpainting model (9-channel UNet: noisy latents, mask, masked image; DLCR's choice; "
-        "the built tiny/sd15 presets) or a text-to-image one (4-channel UNet, e.g. the world preset), which "
-        "inpaints by latent blending: after every step the latents outside the mask are replaced by the "
-        "original's, noised to that step, as diffusers does for such a UNet. That is not what DLCR ran."
+    generator: Literal["diffusion", "recolour"] = Field(
+        "diffusion",
+        description="diffusion: the model inpaints each variant's outfit (DLCR). recolour: a control, no model: "
+        "every clothing label inside the mask gets a random palette colour, shading kept (DLCR's Figure 1 foil)",
+    )
+    model: ModelRef | None = Field(
+        None,
+        description="(diffusion) a preset or a local diffusers folder, with no fine-tuned parts (DLCR inpaints "
+        "without fine-tuning): an SD inpainting model (9-channel UNet: noisy latents, mask, masked image; DLCR's "
+        "choice; every preset's inpainting variant) or a text-to-image one (4-channel UNet), which inpaints by "
+        "latent blending: after every step the latents outside the mask are replaced by the original's, noised to "
+        "that step, as diffusers does for such a UNet. That is not what DLCR ran.",
     )
     source: SourceSpec
     masks: MaskSpec = MaskSpec()
@@ -128,7 +134,13 @@ class InpaintSpec(Strict):
     quality: QualitySpec | None = Field(None, description="score identity on every image (manifest columns)")
 
     @model_validator(mode="after")
-    def _plain_model(self) -> InpaintSpec:
+    def _model_for_generator(self) -> InpaintSpec:
+        if self.generator == "recolour":
+            if self.model is not None:
+                raise ValueError("generator recolour uses no model: leave model out")
+            return self
+        if self.model is None:
+            raise ValueError("model is required (or generator: recolour)")
         if parts := self.model.fine_tuned_parts():
             raise ValueError(f"model: DLCR inpaints with a plain model, without {', '.join(parts)}")
         return self

@@ -11,7 +11,10 @@ Items come from one of three places:
   answers of an outfit are concatenated, and the LLM extracts items from their first
   200 words. Every description is cached by outfit id (with the describer's
   fingerprint) in a Parquet wardrobe, so a rerun never asks a model twice;
-- the procedural world's attribute descriptions ("Navy shirt| Black denim skirt| ...");
+- the procedural world's attribute descriptions ("Navy shirt| Black denim skirt| ...").
+  Their prompt is in the world models' own language instead (they know no other): the
+  outfit's attribute words with every slot that is not clothing `any`
+  (`factory.world.captions.outfit_prompt`);
 - a user's wardrobe file (.parquet as written here, or .jsonl).
 """
 
@@ -38,6 +41,7 @@ from factory.engine.contract import Actor
 from factory.errors import FactoryError, NotFound
 from factory.seeds import derive_seed
 from factory.world.annotations import read_annotations
+from factory.world.captions import outfit_prompt
 from manifests.storage import storage_for
 
 log = logging.getLogger(__name__)
@@ -185,7 +189,9 @@ def file_wardrobe(uri: str) -> Wardrobe:
 
 
 def world_wardrobe(root: Path, groups: list[OutfitImages]) -> Wardrobe:
-    """Outfits described by the procedural world's attributes ("Gray shirt| Blue jeans| Black shoes")."""
+    """Outfits described by the procedural world's attributes: items as DLCR's ("Gray shirt| Blue jeans|
+    Black shoes"), the prompt in the world models' words ("a rgb photo of a any ... gray plain none cotton
+    shirt blue denim pants black any any person")."""
     rows = read_annotations(root, "wardrobe.source world")
     outfits = {}
     for group in groups:
@@ -193,7 +199,8 @@ def world_wardrobe(root: Path, groups: list[OutfitImages]) -> Wardrobe:
         if relative not in rows:
             raise FactoryError(f"wardrobe.source world: {relative} has no description in {root}/world/annotations.jsonl")
         items = tuple(part.strip() for part in rows[relative]["description"].split("|"))
-        outfits[group.outfit] = Outfit(group.outfit, group.identity, items, prompt_from_items(items), describer="world")
+        prompt = outfit_prompt(rows[relative]["words"].split())
+        outfits[group.outfit] = Outfit(group.outfit, group.identity, items, prompt, describer="world")
     return Wardrobe(outfits)
 
 

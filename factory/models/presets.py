@@ -7,7 +7,9 @@ weights exactly; bump the version whenever anything here changes the bytes.
 
 `world` is different: trained weights shipped in the package (`SHIPPED`), made by
 `python -m tools.train_base` (see `factory.models.world_base`); its folder is
-used in place and fingerprinted by content, so it needs no version here.
+used in place and fingerprinted by content, so it needs no version here. Its
+inpainting variant (`SHIPPED_INPAINTING`) is shipped too, made from it by `python -m
+tools.train_inpaint` (`factory.models.world_inpaint`).
 
 Each built preset also comes as an inpainting pipeline (`inpainting=True`, for DLCR): the same
 architecture with SD 1.5 inpainting's 9-channel UNet input (noisy latents, the mask and
@@ -77,6 +79,7 @@ _ARCHITECTURES = {
 
 # Trained presets shipped as diffusers folders in the package, used where they lie.
 SHIPPED = {"world": Path(__file__).parent / "weights" / "world"}
+SHIPPED_INPAINTING = {"world": Path(__file__).parent / "weights" / "world-inpaint"}
 PRESETS = (*_ARCHITECTURES, *SHIPPED)  # the names ModelRef.preset accepts
 
 
@@ -161,9 +164,11 @@ def preset_path(name: str, cache_dir: Path | None = None, *, inpainting: bool = 
     preset; a worker that loses a race to build it uses the winner's folder.
     """
     if name in SHIPPED:
-        if inpainting:
+        if not inpainting:
+            return SHIPPED[name]
+        if name not in SHIPPED_INPAINTING:
             raise FactoryError(f"model preset {name!r} is a trained text-to-image model with no inpainting variant")
-        return SHIPPED[name]
+        return SHIPPED_INPAINTING[name]
     if name not in _ARCHITECTURES:
         raise FactoryError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
     kind = f"{name}-inpainting" if inpainting else name

@@ -101,10 +101,10 @@ class ModelRef(BaseModel):
         is a different (9-channel) model.
         """
         if self.preset is not None:
-            from factory.models.presets import PRESET_VERSION, SHIPPED
+            from factory.models.presets import PRESET_VERSION, SHIPPED, preset_path
 
             if self.preset in SHIPPED:  # trained weights used in place: their content
-                base = f"preset:{self.preset}:{folder_digest(SHIPPED[self.preset])}"
+                base = f"preset:{self.preset}:{folder_digest(preset_path(self.preset, inpainting=inpainting))}"
             else:
                 base = f"preset:{self.preset}{'-inpainting' if inpainting else ''}:v{PRESET_VERSION}"
         else:

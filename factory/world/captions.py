@@ -26,6 +26,9 @@ SLOTS: tuple[str, ...] = (
 )  # fmt: skip
 WORDS_PER_PERSON = len(SLOTS)
 ANY, NONE = "any", "none"
+# Slots an outfit fills: what DLCR's clothing mask covers and an outfit prompt names.
+CLOTHING_SLOTS = frozenset({"top_colour", "pattern", "pattern_colour", "top_material", "top", "bottom_colour",
+                            "bottom_material", "bottom", "shoes"})
 # Slots whose word changes nothing in an infrared image.
 COLOUR_SLOTS = frozenset({"skin", "hair_colour", "hat_colour", "top_colour", "pattern_colour", "bottom_colour",
                           "shoes", "bag_colour"})
@@ -99,6 +102,16 @@ def describe_words(person: Person, outfit: int) -> list[str]:
 def ir_words(words: list[str]) -> list[str]:
     """The same description with the colour slots opened (`any`): what an IR image can show."""
     return [ANY if slot in COLOUR_SLOTS else word for slot, word in zip(SLOTS, words)]
+
+
+def outfit_words(words: list[str]) -> list[str]:
+    """The same description with every slot that is not clothing opened (`any`): an outfit, on nobody."""
+    return [word if slot in CLOTHING_SLOTS else ANY for slot, word in zip(SLOTS, words)]
+
+
+def outfit_prompt(words: list[str]) -> str:
+    """A prompt in the world models' language for an outfit: "a rgb photo of a {outfit_words} person"."""
+    return f"a rgb photo of a {' '.join(outfit_words(words))} person"
 
 
 def describe(person: Person, outfit: int) -> str:
