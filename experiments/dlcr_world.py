@@ -1,6 +1,7 @@
 """DLCR on a PRCC-like world: does training on inpainted clothing variants help a clothes-changing model?
 
     python -m experiments.dlcr_world                      # the default run (see "Time" below)
+    python -m experiments.dlcr_world --quick              # every arm, small: under 10 minutes on 2 cores
     python -m experiments.dlcr_world --identities 12 --seeds 0 --epochs 1 --variants 1 \\
         --query-variants 1 --steps 2 --p 2 --k 2            # a smoke run, under a minute
 
@@ -13,41 +14,44 @@ setting gets new folders, never a mix of old and new):
 1. `factory inpaint` (in process, no Ray) of K variants (`--variants`) per training
    image and of `--query-variants` variants per clothes-changing query (test-time
    refinement needs them, §3.6). Masks and wardrobe come from the world's ground truth
-   (LIP maps, attribute descriptions); targets are other identities' outfits; the
-   model is the shipped `world` preset, DDIM, `--steps` steps, guidance `--guidance`
-   (the world model saturates at DLCR's 7.5), 128 high x 64 wide (its training size).
-   The inpaint seed is fixed (0): every training seed sees the same variants.
-2. CAL (tiny backbone, 128x64, `factory.reid.train`) per seed in three arms:
-   `real` (real images only); `real+variants` (each real image of a batch brings one
-   of its variants, all K usable from epoch 0); `real+variants+progressive` (DLCR's
-   progressive learning: 25/50/75/100 % of the variants usable, with its epoch
-   thresholds 5/10/15 of 60 scaled to `--epochs`). All arms take the same number of
-   steps (batches per epoch fixed to the real-only arm's; a variant arm's batch holds
-   twice the images). CAL's recipe otherwise: P = 8 x K = 4, Adam 3.5e-4, 60 epochs,
-   adversarial loss from epoch 25, lr x0.1 at 20 and 40 (scaled with `--epochs` too).
+   (LIP maps, attribute words); targets are other identities' outfits; the model is the
+   `world` preset's inpainting variant (a 9-channel UNet trained on the world, as DLCR's
+   SD inpainting), prompted in the world's words, DDIM, `--steps` steps, guidance
+   `--guidance`, 128 high x 64 wide (its training size). The inpaint seed is fixed (0):
+   every training seed sees the same variants. The recolour control is made the same
+   way (`generator: recolour`: same masks, sources and variant seeds; each garment a
+   random palette colour, shading kept; no model).
+2. CAL (tiny backbone, 128x64, `factory.reid.train`, from `--init`: by default the
+   shipped world-pretrained backbone, so the baseline is well above chance) per seed in
+   four arms: `real` (real images only); `real+recoloured` (the control: DLCR's
+   batches, the recoloured variants); `real+variants` (each real image of a batch brings
+   one of its inpainted variants, all K usable from epoch 0);
+   `real+variants+progressive` (DLCR's progressive learning: 25/50/75/100 % of the
+   variants usable, with its epoch thresholds 5/10/15 of 60 scaled to `--epochs`). All
+   arms take the same number of steps (batches per epoch fixed to the real-only arm's;
+   a variant arm's batch holds twice the images). CAL's recipe otherwise: P = 8 x K = 4,
+   Adam 3.5e-4, 60 epochs, adversarial loss from epoch 25, lr x0.1 at 20 and 40 (scaled
+   with `--epochs` too).
 3. Each model is evaluated under the PRCC protocol (`factory.reid.evaluate`): same-
    clothes (B vs A) and clothes-changing (C vs A), and the clothes-changing queries
-   again with DLCR's test-time refinement over their variants (`refined` rows; DLCR
-   refines only the clothes-changing queries).
+   again with DLCR's test-time refinement over their inpainted variants (`refined`
+   rows; DLCR refines only the clothes-changing queries; its reference does not flip
+   the variants, the `variants flipped` rows do).
 
-Arms run in a process pool of `--jobs` workers with one torch thread each; the real-
-only arms start as soon as the query variants exist, while the training variants are
-still being made. Printed: one line per (seed, arm), a table of mean ± std over the
-seeds, and last one JSON object.
+Arms run in a process pool of `--jobs` workers with one torch thread each; the arms
+start as soon as the variant runs they read exist (the recolour and query runs take
+seconds to a few minutes, the training variants longest). Printed: one line per
+(seed, arm), a table of mean ± std over the seeds, and last one JSON object.
 
-Caveat: the world model was trained with generic captions only ("a {camera} photo of a
-<identity> person"), no clothing words, so the outfit prompt cannot steer it: the
-variants get world-like clothing drawn without regard to the target's description, and
-the model is a 4-channel text-to-image UNet that inpaints by latent blending, not
-DLCR's 9-channel SD inpainting model. So this measures "new plausible clothes in the
-clothing mask", not DLCR's text-described outfits.
+Caveat: the world models are small (5.8 MB) and see 128x64 images, so the variants are
+softer than the sources; `python -m experiments.prompt_following` measures how often a
+variant wears the outfit its prompt names.
 
 Time of the default run (150 identities, 4 variants per training image and per query,
-25 steps, 60 epochs x 15 batches, 3 seeds, 2 jobs), from smoke runs on a busy 2-core
-machine (one torch thread): inpainting ~0.33 s per image (2,040 + 400 images: ~11 + 2
-min of one core), a CAL step ~0.18 s (real arm, 32 images) or ~0.33 s (variant arm,
-64 images), i.e. ~3 + 5 + 5 min per seed. About 50 core-minutes in all, ~25-30 min
-wall with 2 jobs (the training-variant run, ~11 min, is the longest single stage).
+25 steps, 60 epochs x 15 batches, 5 seeds, 2 jobs) on this 2-core CPU: inpainting
+~0.3 s per image (2,040 + 400 images: ~10 + 2 min of one core), a CAL step ~0.18 s
+(real arm, 32 images) or ~0.33 s (variant arms, 64 images), i.e. ~3 + 3 x 5 min per
+seed: about 100 core-minutes in all, ~50-60 min wall with 2 jobs.
 """
 
 from __future__ import annotations

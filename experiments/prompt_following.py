@@ -16,7 +16,8 @@ generator:
   prompt, so it shows what chance looks like).
 
 An attribute judge then reads every variant: a small CNN trained here on world renders
-of people nobody else uses (world seed 9000, RGB cameras), with one head per attribute
+of people nobody else uses (world seed 9000, through cameras of 100 scenes no
+experiment uses, so it names colours under any light), with one head per attribute
 the outfit prompt names: top colour (the world's 17 palette names), top kind (t-shirt,
 shirt, sweater, jacket, coat, dress), bottom colour (or none) and bottom kind (pants,
 shorts, skirt, none). A variant *follows its colours* when the judge reads the target's
@@ -67,11 +68,12 @@ GENERATORS = {
 
 
 class Judge(nn.Module):
-    """Four strided conv blocks, global average pooling, one linear head per attribute."""
+    """At half resolution (colours and garment shapes survive it), four strided conv blocks, global average
+    pooling, one linear head per attribute."""
 
     def __init__(self) -> None:
         super().__init__()
-        layers, channels = [], 3
+        layers, channels = [nn.AvgPool2d(2)], 3
         for width in (32, 64, 128, 128):
             layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
             channels = width
@@ -92,13 +94,33 @@ def _targets(words: list[list[str]]) -> dict[str, torch.Tensor]:
     return {name: torch.tensor([choices.index(w[SLOTS.index(name)]) for w in words]) for name, choices in HEADS.items()}
 
 
-def train_judge(images: int, steps: int, seed: int = 0) -> Judge:
-    """Trained on RGB renders of world seed 9000 (flips and a light blur as augmentation: variants are softer)."""
-    from factory.models.world_inpaint import render_masked
+JUDGE_SCENES = range(1000, 1100)  # backgrounds and lights no experiment camera uses
 
-    renders = render_masked(images, JUDGE_WORLD_SEED, (WIDTH, HEIGHT))
-    pixels = renders.images.float() / 127.5 - 1.0
-    labels = _targets(renders.words)
+
+def judge_renders(count: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """RGB renders of world seed 9000 (two outfits per person) through cameras of 100 scenes, with their words.
+
+    The scenes vary the light's colour and brightness, so the judge learns to name a garment's colour under
+    any light, including the unseen scenes of the experiment's cameras."""
+    from factory.world.captions import describe_words
+    from factory.world.people import make_person
+    from factory.world.render import Camera, render
+
+    images, words = torch.empty((count, 3, HEIGHT, WIDTH), dtype=torch.uint8), []
+    for k in range(count):
+        person = make_person(k // 2, JUDGE_WORLD_SEED)
+        camera = Camera(f"judge{k % len(JUDGE_SCENES)}", "rgb", "any", JUDGE_SCENES[k % len(JUDGE_SCENES)])
+        rendered = render(person, k % 2, camera, seed=k, size=(WIDTH, HEIGHT))
+        images[k] = torch.from_numpy(np.array(rendered.image)).permute(2, 0, 1)
+        words.append(describe_words(person, k % 2))
+    return images, words
+
+
+def train_judge(images: int, steps: int, seed: int = 0) -> Judge:
+    """Flips and a light blur as augmentation (variants are softer than renders); AdamW, one-cycle schedule."""
+    renders, words = judge_renders(images)
+    pixels = renders.float() / 127.5 - 1.0
+    labels = _targets(words)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     judge = Judge()
@@ -124,7 +146,7 @@ def train_judge(images: int, steps: int, seed: int = 0) -> Judge:
 
 
 def load_judge(work: Path, images: int, steps: int) -> Judge:
-    path = work / f"judge-{images}-{steps}.safetensors"
+    path = work / f"judge-v3-{images}-{steps}.safetensors"
     if path.is_file():
         judge = Judge()
         judge.load_state_dict(load_file(path))
@@ -250,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--judge-images", type=int, default=8000)
-    parser.add_argument("--judge-steps", type=int, default=1500)
+    parser.add_argument("--judge-steps", type=int, default=3000)
     parser.add_argument("--generators", nargs="+", choices=list(GENERATORS), default=list(GENERATORS))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-prompt-following"))
     parser.add_argument("--sheet", type=Path, help="contact sheet PNG (default WORK/sheet.png)")

@@ -54,13 +54,19 @@ def test_grey_as_ir_is_grey_and_in_the_ir_stream():
 @pytest.mark.skipif(not (ORACLE / "model.json").is_file(), reason="no shipped oracle")
 def test_the_whole_benchmark_runs_on_the_smallest_settings(tmp_path):
     threads = torch.get_num_threads()
+    argv = ["--work", str(tmp_path), "--seeds", "0", "--sysu-identities", "20", "--market-identities", "8",
+            "--a-people", "4", "--finetune-steps", "2", "--ir-per-identity", "1", "--steps", "2", "--epochs", "1",
+            "--batches-per-epoch", "2", "--jobs", "1", "--gate-scorer", "world", "--gate-thresholds", "-1"]
     try:
-        result = dive_world.main(["--work", str(tmp_path), "--seeds", "0", "--sysu-identities", "20",
-                                  "--market-identities", "8", "--a-people", "4", "--finetune-steps", "2",
-                                  "--ir-per-identity", "1", "--steps", "2", "--epochs", "1", "--batches-per-epoch",
-                                  "2", "--jobs", "1", "--gate-scorer", "world", "--gate-thresholds", "-1"])
+        result = dive_world.main(argv)
+        some = dive_world.main([*argv, "--arms", "A+B rgb+B gen IR, gated at -1"])  # every arm cached by now
+        with pytest.raises(SystemExit):
+            dive_world.main([*argv, "--arms", "no such arm"])
     finally:
         torch.set_num_threads(threads)
+    assert list(some["reid"]) == ["A", "A+B rgb+B gen IR, gated at -1"]  # A is always kept: gains are over it
+    assert some["per_seed"]["A+B rgb+B gen IR, gated at -1"] == result["per_seed"]["A+B rgb+B gen IR, gated at -1"]
+    assert some["reid"]["A+B rgb+B gen IR, gated at -1"]["mAP_recovered"] is None  # no ceiling arm to recover
     assert list(result["reid"]) == ["A", "A+B rgb (grey as IR)", "A+B rgb+B gen IR", "control: gen IR, shuffled",
                                     "control: base IR, no identity", "ceiling: rendered IR",
                                     "A+B rgb+B gen IR, gated at -1"]

@@ -41,9 +41,10 @@ def test_dlcr_world_benchmark_reports_every_arm(tmp_path, monkeypatch, capsys):
         assert [r["seed"] for r in rows] == [0]
         for split in SPLITS:
             assert all(math.isfinite(rows[0][split][m]) and 0 <= rows[0][split][m] <= 1 for m in METRICS), (arm, split)
-    # both inpaint runs finished: one variant per training image and per changed-clothes query
+    # every inpaint run finished: one variant per training image and per changed-clothes query
     assert result["inpaint"]["train"]["samples"] == result["splits"]["train"]
     assert result["inpaint"]["query"]["samples"] == result["splits"]["query_changed"]
+    assert result["inpaint"]["recoloured"]["samples"] == result["splits"]["train"]  # the control, same sources
     assert result["batches_per_epoch"] >= 1 and result["finite"]
     assert "inpaint train" in first and first.count("(cached)") == 0
     assert second.count("(cached)") == len(dlcr_world.ARMS)
