@@ -21,9 +21,10 @@ experiment uses, so it names colours under any light), with one head per attribu
 the outfit prompt names: top colour (the world's 17 palette names), top kind (t-shirt,
 shirt, sweater, jacket, coat, dress), bottom colour (or none) and bottom kind (pants,
 shorts, skirt, none). A variant *follows its colours* when the judge reads the target's
-top and bottom colours, and *follows its garments* when it reads the target's top and
-bottom kinds. The judge's own accuracy on the unaltered training images (their own
-outfit) is the ceiling each share is read against. Every variant's pixels outside the
+top and bottom colours, and *follows its garments* when the target's top and bottom
+kinds have the LIP labels (what a human parser would say: upper clothes, coat, dress;
+pants, skirt) of the kinds the judge reads. The judge's own accuracy on the unaltered
+training images (their own outfit) is the ceiling each share is read against. Every variant's pixels outside the
 mask are also compared with the source's (they must be equal, bit for bit).
 
 A contact sheet (`--sheet`, default WORK/sheet.png) shows, per row, a source and its
@@ -166,10 +167,19 @@ def read_attributes(judge: Judge, images: list[Image.Image]) -> list[dict[str, s
     return out
 
 
+# A garment kind as a human parser labels it (LIP): what "the garment label under the parser" compares.
+LIP_GARMENT = {"tshirt": "upper-clothes", "shirt": "upper-clothes", "sweater": "upper-clothes", "jacket": "coat",
+               "coat": "coat", "dress": "dress", "pants": "pants", "shorts": "pants", "skirt": "skirt", "none": "none"}
+
+
 def agreement(read: list[dict[str, str]], wanted: list[dict[str, str]]) -> dict[str, float]:
-    """Shares of images whose judged attributes equal the wanted ones: per head, colours, garments, all four."""
+    """Shares of images whose judged attributes equal the wanted ones: per head (kinds as LIP labels), both
+    colours, both garment labels, all four."""
+    def same(r: dict[str, str], w: dict[str, str], name: str) -> bool:
+        return r[name] == w[name] if name.endswith("colour") else LIP_GARMENT[r[name]] == LIP_GARMENT[w[name]]
+
     def share(names: tuple[str, ...]) -> float:
-        return round(float(np.mean([all(r[n] == w[n] for n in names) for r, w in zip(read, wanted)])), 4)
+        return round(float(np.mean([all(same(r, w, n) for n in names) for r, w in zip(read, wanted)])), 4)
 
     return {**{name: share((name,)) for name in HEADS}, "colours": share(("top_colour", "bottom_colour")),
             "garments": share(("top", "bottom")), "all": share(tuple(HEADS))}
