@@ -322,6 +322,7 @@ def _print_metrics(metrics: dict, folder: Path) -> None:
 def score(
     run: str = typer.Argument(..., help=RUN_HELP),
     reid: str = typer.Option("world", "--reid", help=REID_HELP),
+    rescore: bool = typer.Option(False, "--rescore", help="Replace scores another model wrote (else refused)."),
 ) -> None:
     """Add a ReID model's identity score to every image of a run, without touching its tars.
 
@@ -330,7 +331,8 @@ def score(
     RGB ones), and identity_margin, that score minus the best cosine to another identity.
     They go into RUN/scores/ (one file per shard, stored atomically; a rerun scores only
     the shards not yet scored), appear as manifest columns to every reader, and gate
-    training: ReidStream(min_identity_score=...) or a train-reid spec's run keys.
+    training: ReidStream(min_identity_score=...) or a train-reid spec's run keys. A run
+    holds one model's scores: --rescore replaces another model's.
     `factory stats RUN` shows how many images each threshold keeps.
     """
     _quiet_model_libraries()
@@ -338,7 +340,8 @@ def score(
 
     with _progress() as progress:
         task = progress.add_task(f"scoring {run}", total=None)
-        summary = score_run(run, reid, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        summary = score_run(run, reid, rescore=rescore,
+                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     print(f"{summary['run']}: scored {summary['scored']} shard(s) with {reid} "
           f"({summary['already_scored']} of {summary['shards']} were scored before)")
 

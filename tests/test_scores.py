@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from helpers import run_cli, set_schema_version
+from safetensors.torch import load_file, save_file
 
+from factory.reid.oracle import ORACLE
 from manifests import Run, verify_run
 from manifests.errors import ManifestError, SchemaVersionError
 from manifests.layout import RunLayout
 from manifests.schema import SCORE_COLUMNS
+from manifests.scores import decode_scores
 from manifests.stats import run_stats
 from manifests.streaming import ReidStream, Selection
 from tests.world_run import write_demo_run
@@ -82,8 +87,6 @@ def test_stats_show_the_score_distribution_and_what_each_threshold_keeps(scored)
 
 
 def test_verify_names_a_score_file_that_does_not_fit_its_shard(scored, tmp_path):
-    import shutil
-
     uri, _ = scored
     copy = str(tmp_path / "copy")
     shutil.copytree(uri, copy)
@@ -124,3 +127,32 @@ def test_a_spec_with_quality_makes_a_run_whose_every_image_is_scored(tmp_path, m
     table = Run(out).table()
     assert table.num_rows == 6 * 2 * 2 and all(table[name].null_count == 0 for name in SCORE_COLUMNS)
     assert verify_run(out).ok(strict=True)
+
+
+def test_a_run_scored_by_one_model_is_rescored_by_another_only_when_asked(scored, tmp_path):
+    uri = str(tmp_path / "run")
+    shutil.copytree(scored[0], uri)
+    other = tmp_path / "other-model"  # the oracle with its weights jittered: another model, same shape
+    shutil.copytree(ORACLE, other)
+    generator = torch.Generator().manual_seed(0)
+    weights = {name: w * (1 + 0.2 * torch.randn(w.shape, generator=generator)) if w.is_floating_point() else w
+               for name, w in load_file(other / "model.safetensors").items()}
+    save_file(weights, other / "model.safetensors")
+    before = Run(uri).table()
+
+    refused = run_cli("score", uri, "--reid", str(other))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "2 shard(s) hold scores of another model (world)" in refused.stderr and "--rescore" in refused.stderr
+    assert Run(uri).table().equals(before)  # nothing written
+
+    assert run_cli("score", uri, "--reid", str(other), "--rescore").returncode == 0
+    after = Run(uri).table()
+    assert after["identity_score"].to_pylist() != before["identity_score"].to_pylist()
+    assert after.drop_columns(list(SCORE_COLUMNS)).equals(before.drop_columns(list(SCORE_COLUMNS)))
+    layout = RunLayout(uri)
+    for shard in (0, 1):
+        path = layout.scores_uri(shard)
+        with open(path, "rb") as f:
+            assert decode_scores(f.read(), path)[1]["reid"] == str(other)
+    again = run_cli("score", uri, "--reid", str(other))
+    assert "scored 0 shard(s)" in again.stdout and verify_run(uri).ok(strict=True)

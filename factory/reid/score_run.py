@@ -14,7 +14,8 @@ Per image, two figures (schema 2.1's `identity_score` and `identity_margin`):
 Features are the model's flip-averaged, L2-normalised embeddings through the stem of
 the image's modality (`factory.reid.train.extract_images`). Scores go into one file
 per shard (`manifests.scores`), each stored atomically; shards that already have
-one are skipped, so an interrupted `factory score` resumes where it stopped.
+one are skipped, so an interrupted `factory score` resumes where it stopped. A run holds
+one model's scores: scoring it with another model needs `--rescore`, which replaces them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from factory.errors import FactoryError
 from factory.reid.images import StoredImages
 from factory.reid.oracle import ORACLE, load_reid
 from manifests.reader import Run
-from manifests.scores import encode_scores
+from manifests.scores import decode_scores, encode_scores
 
 Progress = Callable[[int, int], None]
 _COLUMNS = ["shard", "shard_uri", "key", "member", "identity", "modality", "origin", "offset", "size", "sha256"]
@@ -105,11 +106,43 @@ def scorer_of(reid: str) -> dict:
     return {"reid": reid, "weights_sha256": digest}
 
 
-def score_run(run_uri: str, reid: str = "world", *, device: str = "cpu", progress: Progress | None = None) -> dict:
-    """Write a score file for every committed shard that lacks one; returns what was done."""
+def _same_scorer(a: dict, b: dict) -> bool:
+    """One model: the same weights (wherever they lie), or the same reference where a digest is missing."""
+    if a.get("weights_sha256") and b.get("weights_sha256"):
+        return a["weights_sha256"] == b["weights_sha256"]
+    return a.get("reid") == b.get("reid")
+
+
+def _scored_by_others(run: Run, shards: list[int], scorer: dict) -> dict[int, dict]:
+    """The shards among `shards` whose score file another model wrote, with that model."""
+    others = {}
+    for shard in shards:
+        uri = run.layout.scores_uri(shard)
+        _, made_by = decode_scores(run.storage.get_bytes(uri), uri)
+        if not _same_scorer(made_by, scorer):
+            others[shard] = made_by
+    return others
+
+
+def score_run(run_uri: str, reid: str = "world", *, device: str = "cpu", progress: Progress | None = None,
+              rescore: bool = False) -> dict:
+    """Write a score file for every committed shard that lacks one; returns what was done.
+
+    A run holds one model's scores: shards another model scored are refused with one line,
+    or, with `rescore`, scored again (each file replaced atomically, so an interrupted
+    rescore resumes with the shards still holding the old model's scores).
+    """
     run = Run(run_uri)
     listing = run.listing()
-    todo = [shard for shard in listing.committed if shard not in listing.scored]
+    scorer = scorer_of(reid)
+    others = _scored_by_others(run, sorted(listing.scored & set(listing.committed)), scorer)
+    if others and not rescore:
+        first = next(iter(others.values()))
+        raise FactoryError(
+            f"{run.uri}: {len(others)} shard(s) hold scores of another model ({first.get('reid')}); "
+            f"`factory score --rescore` replaces them with {reid}'s"
+        )
+    todo = [shard for shard in listing.committed if shard not in listing.scored or shard in others]
     summary = {"run": run.uri, "reid": reid, "shards": len(listing.committed),
                "already_scored": len(listing.committed) - len(todo), "scored": 0}
     if not todo:
@@ -118,7 +151,6 @@ def score_run(run_uri: str, reid: str = "world", *, device: str = "cpu", progres
     size = (spec.height, spec.width)
     table = run.dataset(columns=_COLUMNS).to_table()
     people, prototypes = _prototypes(model, table, size)
-    scorer = scorer_of(reid)
     for done, shard in enumerate(todo, 1):
         rows = table.filter(pc.equal(table["shard"], shard))
         scores = score_shard(model, rows, people, prototypes, size)
