@@ -36,6 +36,22 @@ class QualitySpec(Strict):
     device: str = Field("cpu", description="where the scorer runs: cpu, cuda, ...")
 
 
+# Sampler settings that came after runs were already being made: left out of a run's
+# fingerprint at these defaults, so a run started before them still resumes.
+PERFORMANCE_DEFAULTS = {"channels_last": False, "compile": False}
+
+
+def drop_defaults(content: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """`content` without the later-added keys of `added` (nested dicts by section) where they hold their default."""
+    out = dict(content)
+    for key, default in added.items():
+        if isinstance(default, dict) and isinstance(out.get(key), dict):
+            out[key] = drop_defaults(out[key], default)
+        elif key in out and out[key] == default:
+            del out[key]
+    return out
+
+
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 

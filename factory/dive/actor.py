@@ -28,11 +28,13 @@ class ActorConfig:
 
 class GeneratorActor(Actor[ActorConfig, GenerationTask, GenerationResult]):
     def setup(self) -> None:
-        from factory.models.device import actor_device
+        from factory.models.device import actor_device, tune_pipeline
         from factory.models.pipeline import TextToImage
 
-        device, dtype = actor_device(self.config.threads, self.config.sampler.dtype)
+        sampler = self.config.sampler
+        device, dtype = actor_device(self.config.threads, sampler.dtype)
         self.pipeline = TextToImage.load(self.config.model, device=device, dtype=dtype)
+        tune_pipeline(self.pipeline.pipe, channels_last=sampler.channels_last, compile_unet=sampler.compile)
 
     def process(self, task: GenerationTask) -> GenerationResult:
         self.ready()

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import ModelRef
-from factory.spec import QualitySpec, ResourcesSpec, Strict
+from factory.spec import PERFORMANCE_DEFAULTS, QualitySpec, ResourcesSpec, Strict, drop_defaults
 from manifests.schema import MODALITIES
 
 
@@ -23,6 +23,8 @@ class SamplerSpec(Strict):
         "auto", description="auto: float16 on GPU, float32 on CPU"
     )
     batch_size: int = Field(8, ge=1, description="images per pipeline call")
+    channels_last: bool = Field(False, description="UNet and VAE weights in NHWC (faster on GPU tensor cores)")
+    compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
     image_format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
 
@@ -126,4 +128,4 @@ class GenerateSpec(Strict):
         the same bytes (a task's batches do not depend on which actor takes it).
         """
         exclude = {"output": True, "resources": True, "rgb": {"actors"}, "ir": {"actors"}}
-        return self.model_dump(mode="json", exclude=exclude)
+        return drop_defaults(self.model_dump(mode="json", exclude=exclude), {"sampler": PERFORMANCE_DEFAULTS})

@@ -55,7 +55,7 @@ def _decode(data: bytes) -> Image.Image:
 class InpaintActor(Actor[InpaintConfig, InpaintTask, InpaintResult]):
     def setup(self) -> None:
         from factory.dlcr.inpainter import Inpainter
-        from factory.models.device import actor_device
+        from factory.models.device import actor_device, tune_pipeline
 
         self.parser = make_parser(self.config.masks, Path(self.config.dataset_root))
         self.parser.setup()
@@ -63,6 +63,8 @@ class InpaintActor(Actor[InpaintConfig, InpaintTask, InpaintResult]):
         if self.config.model is not None:
             device, dtype = actor_device(self.config.threads, self.config.sampler.dtype)
             self.inpainter = Inpainter.load(self.config.model, device=device, dtype=dtype)
+            sampler = self.config.sampler
+            tune_pipeline(self.inpainter.pipe, channels_last=sampler.channels_last, compile_unet=sampler.compile)
 
     def process(self, task: InpaintTask) -> InpaintResult:
         self.ready()

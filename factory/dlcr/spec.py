@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import FINE_TUNED_PARTS, ModelRef
-from factory.spec import QualitySpec, ResourcesSpec, Strict
+from factory.spec import PERFORMANCE_DEFAULTS, QualitySpec, ResourcesSpec, Strict, drop_defaults
 
 
 class SourceSpec(Strict):
@@ -103,6 +103,8 @@ class InpaintSamplerSpec(Strict):
     height: int = Field(768, ge=8, multiple_of=8)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: float16 on GPU")
     batch_size: int = Field(5, ge=1, description="variants per pipeline call")
+    channels_last: bool = Field(False, description="UNet and VAE weights in NHWC (faster on GPU tensor cores)")
+    compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
 
 
 class InpaintSpec(Strict):
@@ -152,4 +154,4 @@ class InpaintSpec(Strict):
         reads only what an inpainting model can be (a preset or a path).
         """
         exclude = {"output": True, "resources": True, "actors": True, "model": set(FINE_TUNED_PARTS)}
-        return self.model_dump(mode="json", exclude=exclude)
+        return drop_defaults(self.model_dump(mode="json", exclude=exclude), {"sampler": PERFORMANCE_DEFAULTS})
