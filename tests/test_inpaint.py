@@ -34,8 +34,8 @@ from factory import api
 from factory.datasets import load_dataset
 from factory.dlcr.inpainter import Inpainter, paste_back
 from factory.dlcr.masks import LabelRule, clothes_mask
-from factory.dlcr.recolour import RECOLOUR_FINGERPRINT, recolour
 from factory.dlcr.method import build_wardrobe
+from factory.dlcr.recolour import RECOLOUR_FINGERPRINT, recolour
 from factory.dlcr.spec import InpaintSpec
 from factory.dlcr.tasks import InpaintResult, Skipped, SourceShard
 from factory.dlcr.wardrobe import Wardrobe, describer_fingerprint

@@ -17,11 +17,11 @@ Two kinds of UNet (diffusers' StableDiffusionInpaintPipeline runs both):
   The `world` preset's inpainting variant is one, trained on the world
   (`factory.models.world_inpaint`).
 - 4 input channels, a text-to-image UNet (e.g. the shipped `world` text-to-image
-  folder, given as a path): latent blending. The UNet never sees the mask; after each step the latents outside the
-  (latent-resolution) mask are replaced by the source's latents noised to the next
-  timestep, so the model only fills the masked region in from its surroundings. This is
-  not DLCR's method, only how a text-to-image model inpaints; the paste-back above
-  still keeps every unmasked pixel the source's.
+  folder, given as a path): latent blending. The UNet never sees the mask; after each
+  step the latents outside the (latent-resolution) mask are replaced by the source's
+  latents noised to the next timestep, so the model only fills the masked region in
+  from its surroundings. This is not DLCR's method, only how a text-to-image model
+  inpaints; the paste-back above still keeps every unmasked pixel the source's.
 """
 
 from __future__ import annotations

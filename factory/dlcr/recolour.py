@@ -6,8 +6,9 @@ with `generator: recolour` makes exactly that foil, so an experiment can tell wh
 gain needs the diffusion model at all: the same masks, sources and variant seeds as an
 inpainting run, and per variant every garment of the source (its clothing labels:
 upper clothes, pants, a pair of shoes, ...) gets its own colour from a fixed palette,
-drawn from the variant's seed. Shading survives: a pixel keeps its brightness relative to its garment's mean,
-so folds, stripes and checks stay visible in the new colour. No prompt is read.
+drawn from the variant's seed. Shading survives: a pixel keeps its brightness relative
+to its garment's mean, so folds, stripes and checks stay visible in the new colour. No
+prompt is read.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from factory.world.people import PALETTE
 # The manifest's `model` column for recoloured variants; bump the version when the output changes.
 RECOLOUR_FINGERPRINT = hashlib.sha256(b"recolour-v1").hexdigest()
 COLOURS = np.array(list(PALETTE.values()), dtype=np.float32)
-# LIP's right shoe (19) takes the left shoe's (18) colour: a pair is one colour.
-SAME_COLOUR_AS = {19: 18}
+# LIP's left and right shoe: a pair is one garment, one colour.
+LEFT_SHOE, RIGHT_SHOE = 18, 19
 # Relative brightness is clipped so that a near-black seam or a highlight stays a shade of the new colour.
 SHADE_RANGE = (0.35, 1.6)
 
@@ -33,11 +34,11 @@ def _luma(pixels: np.ndarray) -> np.ndarray:
 
 
 def recolour(image: Image.Image, mask: np.ndarray, labels: np.ndarray, seed: int) -> Image.Image:
-    """`image` with each label inside `mask` painted one palette colour (drawn with `seed`), shading kept."""
+    """`image` with each garment inside `mask` painted one palette colour (drawn with `seed`), shading kept."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     out = pixels.copy()
     rng = np.random.default_rng(seed)
-    garments = np.vectorize(lambda label: SAME_COLOUR_AS.get(label, label), otypes=[labels.dtype])(labels)
+    garments = np.where(labels == RIGHT_SHOE, LEFT_SHOE, labels)
     for garment in np.unique(garments[mask]):
         region = mask & (garments == garment)
         shade = _luma(pixels[region])
