@@ -150,7 +150,8 @@ def run_arm(job: dict) -> dict:
     size = (job["height"], job["width"])
     variants = VariantsSpec.model_validate(job["variants"]) if job["variants"] else None
     trainset, _ = build_trainset(splits["train"], splits.root, [], MixSpec(), size,
-                                 variants_uri=variants.uri if variants else None)
+                                 variants_uri=variants.uri if variants else None,
+                                 variants_min_score=variants.min_identity_score if variants else None)
     model = ModelSpec(arch="cal", preset="tiny", height=size[0], width=size[1], backbone={"init": job["init"]})
     trained = train_model(trainset, model, TrainSpec.model_validate(job["train"]), seed=job["seed"], variants=variants)
     evaluation = EvaluationSpec(refinement=RefinementSpec.model_validate(job["refinement"]))

@@ -156,3 +156,58 @@ def test_a_run_scored_by_one_model_is_rescored_by_another_only_when_asked(scored
             assert decode_scores(f.read(), path)[1]["reid"] == str(other)
     again = run_cli("score", uri, "--reid", str(other))
     assert "scored 0 shard(s)" in again.stdout and verify_run(uri).ok(strict=True)
+
+
+def test_dlcr_variants_are_scored_against_their_sources_and_the_gate_trims_them(tmp_path):
+    """A run of variants only (the recolour control, no model needed) is scored against each identity's source
+    images, read from the dataset its rows name; VariantsSpec.min_identity_score then keeps the ones above."""
+    from factory import api
+    from factory.datasets import load_dataset
+    from factory.dlcr.spec import InpaintSpec
+    from factory.reid.data import relative_name, variant_part
+    from factory.reid.images import StoredImages
+    from factory.reid.oracle import load_reid
+    from factory.reid.train import extract_images
+
+    world = "world://prcc?identities=8&seed=0"
+    uri = str(tmp_path / "variants")
+    api.run(InpaintSpec.model_validate({
+        "run_id": "v", "output": uri, "generator": "recolour", "variants": 2,
+        "source": {"dataset": world, "identities": 3, "images_per_identity": 2},
+    }), use_ray=False)
+    assert run_cli("score", uri).returncode == 0
+    table = Run(uri).table()
+    assert table["identity_score"].null_count == 0 and table["identity_margin"].null_count == 0
+
+    splits = load_dataset(world)
+    model, spec = load_reid("world")
+    size = (spec.height, spec.width)
+    parents = sorted(set(zip(table["parent"].to_pylist(), table["identity"].to_pylist())))
+    sources = extract_images(model, StoredImages.of_files([splits.root / p for p, _ in parents], size), "rgb")
+    people = sorted({pid for _, pid in parents})
+    prototypes = np.stack([sources[[pid == person for _, pid in parents]].mean(0) for person in people])
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+    variants = extract_images(model, np.stack([np.asarray(image) for image in _decoded(Run(uri), table, size)]), "rgb")
+    expected = [float(v @ prototypes[people.index(pid)]) for v, pid in zip(variants, table["identity"].to_pylist())]
+    np.testing.assert_allclose(table["identity_score"].to_pylist(), expected, atol=1e-4)
+
+    names = [relative_name(r.path, splits.root) for r in splits["train"]]
+    scores = sorted(table["identity_score"].to_pylist())
+    threshold = scores[len(scores) // 2]
+    kept, _ = variant_part(uri, names, min_identity_score=threshold)
+    assert len(kept.uris) == sum(s >= threshold for s in scores) and 0 < len(kept.uris) < len(scores)
+    assert len(variant_part(uri, names)[0].uris) == len(scores)
+
+
+def _decoded(run: Run, table, size: tuple[int, int]) -> list:
+    """The run's images in table order, resized to the ReID input (height, width)."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for row in table.to_pylist():
+        data = run.storage.get_range(row["shard_uri"], row["offset"], row["size"])
+        with Image.open(io.BytesIO(data)) as image:
+            out.append(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+    return out

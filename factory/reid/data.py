@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from factory.datasets.records import Record
 from factory.errors import FactoryError
@@ -169,15 +170,17 @@ def run_part(
     return part, id_offset, cam_offset
 
 
-def variant_part(uri: str, names: Sequence[str]) -> tuple[_Part, list[int]]:
+def variant_part(uri: str, names: Sequence[str], min_identity_score: float | None = None) -> tuple[_Part, list[int]]:
     """The images of an inpaint run whose `parent` is one of `names`, and each one's parent index.
 
     Variants are ordered by (parent, shard, member), so "variant v of image i" is the
-    same image on every run; labels are the parent's (filled in by the caller).
+    same image on every run; labels are the parent's (filled in by the caller). With
+    `min_identity_score`, only the variants scored at least that (unscored ones are left out).
     """
     index = {name: i for i, name in enumerate(names)}
     columns = ["shard_uri", "member", "parent", "offset", "size", "sha256"]
-    rows = Run(uri).dataset(columns=columns).to_table().to_pylist()
+    gate = None if min_identity_score is None else pc.field("identity_score") >= min_identity_score
+    rows = Run(uri).dataset(columns=columns, filter=gate).to_table().to_pylist()
     found = sorted((_parent_name(r["parent"]), r["shard_uri"], r["member"], r["offset"], r["size"], r["sha256"])
                    for r in rows if r["parent"] and _parent_name(r["parent"]) in index)
     if not found:
@@ -204,6 +207,7 @@ def build_trainset(
     mix: MixSpec,
     size: tuple[int, int],
     variants_uri: str | None = None,
+    variants_min_score: float | None = None,
 ) -> tuple[TrainSet, dict[str, int]]:
     """Real + run images in one set; returns it and the namespaces used (`identity_offset`, `camera_offset`)."""
     real = real_part(real_records, root or Path("."))
@@ -216,7 +220,7 @@ def build_trainset(
     n_base = sum(len(p) for p in parts)
     owners: list[int] = []
     if variants_uri is not None:
-        variants, owners = variant_part(variants_uri, real.names)
+        variants, owners = variant_part(variants_uri, real.names, variants_min_score)
         variants.labels = [real.labels[i] for i in owners]
         variants.cameras = [real.cameras[i] for i in owners]
         variants.modalities = [real.modalities[i] for i in owners]

@@ -68,6 +68,7 @@ def train_reid(spec: ReidSpec, report: Report | None = None) -> dict:
     trainset, offsets = build_trainset(
         real, splits.root if splits is not None else None, spec.data.runs, spec.data.mix, size,
         variants_uri=spec.data.variants.uri if spec.data.variants else None,
+        variants_min_score=spec.data.variants.min_identity_score if spec.data.variants else None,
     )
     data_info = {
         "dataset": spec.data.dataset, "runs": [r.uri for r in spec.data.runs], **trainset.summary(), **offsets,

@@ -6,8 +6,9 @@ Per image, two figures (schema 2.1's `identity_score` and `identity_margin`):
   generated RGB–IR pair (a key with both) is scored as a pair: both images get the
   cosine of the IR image to its RGB partner, the figure a paired loss relies on. Any
   other image is scored against its identity's prototype: the mean feature of the
-  identity's real images in the run (DiVE's known people, DLCR's sources), or of its
-  RGB images where it has no real ones.
+  identity's real images in the run (DiVE's known people); in a run of DLCR's variants
+  (no real images, every row naming its `parent`), of its source images in the dataset
+  the run's spec names; otherwise of its RGB images.
 - margin: the score minus the image's best cosine to another identity's prototype
   (negative: the model takes it for somebody else); null in a run of one identity.
 
@@ -35,7 +36,8 @@ from manifests.reader import Run
 from manifests.scores import decode_scores, encode_scores
 
 Progress = Callable[[int, int], None]
-_COLUMNS = ["shard", "shard_uri", "key", "member", "identity", "modality", "origin", "offset", "size", "sha256"]
+_COLUMNS = ["shard", "shard_uri", "key", "member", "identity", "modality", "origin", "offset", "size", "sha256",
+            "parent"]
 
 
 def _features(model, rows: pa.Table, size: tuple[int, int]) -> np.ndarray:
@@ -55,17 +57,47 @@ def _features(model, rows: pa.Table, size: tuple[int, int]) -> np.ndarray:
     return features
 
 
-def _prototypes(model, table: pa.Table, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(identities, unit prototype per identity): its real images' mean feature, else its RGB images'."""
+def _unit_means(features: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    people = np.unique(identities)
+    means = np.stack([features[identities == person].mean(axis=0) for person in people])
+    return people, means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def _source_prototypes(model, run: Run, table: pa.Table,
+                       size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A run of variants only (DLCR's): each identity's prototype from its source images, the `parent`s in the
+    dataset the run's spec names (`source`); None for any other run."""
+    from factory.datasets import load_dataset
+    from manifests.run_info import read_run_info
+
+    if "real" in table["origin"].to_pylist() or table["parent"].null_count:
+        return None
+    source = read_run_info(run.uri, run.storage).spec.get("source")
+    if not isinstance(source, dict) or not source.get("dataset"):
+        return None
+    root = load_dataset(source["dataset"], source.get("layout")).root
+    sources = sorted(set(zip(table["parent"].to_pylist(), table["identity"].to_pylist())))
+    paths = [root / parent for parent, _ in sources]
+    if missing := [p for p in paths if not p.is_file()]:
+        raise FactoryError(f"{missing[0]}: a variant's source image is missing ({len(missing)} in all); "
+                           "scoring DLCR's variants needs their dataset")
+    from factory.reid.train import extract_images
+
+    features = extract_images(model, StoredImages.of_files(paths, size), "rgb")
+    return _unit_means(features, np.array([identity for _, identity in sources]))
+
+
+def _prototypes(model, run: Run, table: pa.Table, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(identities, unit prototype per identity): its real images' mean feature, else (a run of DLCR's variants)
+    its source images', else its RGB images'."""
+    if (sources := _source_prototypes(model, run, table, size)) is not None:
+        return sources
     identities = np.array(table["identity"].to_pylist())
     real = np.array(table["origin"].to_pylist()) == "real"
     rgb = np.array(table["modality"].to_pylist()) == "rgb"
     has_real = np.isin(identities, identities[real])
     reference = np.flatnonzero(np.where(has_real, real, rgb))
-    features = _features(model, table.take(pa.array(reference)), size)
-    people = np.unique(identities[reference])
-    means = np.stack([features[identities[reference] == person].mean(axis=0) for person in people])
-    return people, means / np.linalg.norm(means, axis=1, keepdims=True)
+    return _unit_means(_features(model, table.take(pa.array(reference)), size), identities[reference])
 
 
 def score_shard(model, rows: pa.Table, people: np.ndarray, prototypes: np.ndarray,
@@ -150,7 +182,7 @@ def score_run(run_uri: str, reid: str = "world", *, device: str = "cpu", progres
     model, spec = load_reid(reid, device)
     size = (spec.height, spec.width)
     table = run.dataset(columns=_COLUMNS).to_table()
-    people, prototypes = _prototypes(model, table, size)
+    people, prototypes = _prototypes(model, run, table, size)
     for done, shard in enumerate(todo, 1):
         rows = table.filter(pc.equal(table["shard"], shard))
         scores = score_shard(model, rows, people, prototypes, size)

@@ -61,6 +61,9 @@ class VariantsSpec(Strict):
     progressive: bool = Field(True, description="grow the usable variants 25/50/75/100 % over the schedule")
     thresholds: tuple[int, int, int] = (5, 10, 15)
     fractions: tuple[float, float, float] = (0.25, 0.5, 0.75)
+    min_identity_score: float | None = Field(
+        None, description="the quality gate: only variants whose identity_score (`factory score RUN`) reaches it"
+    )
 
 
 class DataSpec(Strict):
