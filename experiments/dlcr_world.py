@@ -260,7 +260,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one torch thread each")
     parser.add_argument("--init", default="world",
                         help="where the ReID backbone starts: world (pretrained on other world people), random or a file")
+    parser.add_argument("--gate-scorer", help="a train-reid folder (or world) that scores the training variants "
+                        "against their sources; with --gate-thresholds, one gated real+variants arm per threshold")
+    parser.add_argument("--gate-thresholds", type=float, nargs="*", default=[],
+                        help="minimum identity_score of a variant in a gated arm")
     args = parser.parse_args(argv)
+    if bool(args.gate_scorer) != bool(args.gate_thresholds):
+        parser.error("--gate-scorer and --gate-thresholds go together")
     if args.quick:
         for name, value in QUICK.items():
             setattr(args, name, value)
@@ -295,6 +301,12 @@ def main(argv: list[str] | None = None) -> dict:
     arm_variants = {arm: None if run is None else {"uri": inpaints[run]["output"], "progressive": False}
                     for arm, run in ARM_VARIANTS.items()}
     arm_variants["real+variants+progressive"] |= {"progressive": True, "thresholds": sched["thresholds"]}
+    arm_runs = dict(ARM_VARIANTS)
+    for threshold in args.gate_thresholds:  # the quality gate: only variants the scorer places near their sources
+        arm = f"real+variants, gated at {threshold:g}"
+        arm_variants[arm] = {**arm_variants["real+variants"], "min_identity_score": threshold}
+        arm_runs[arm] = "train"
+    arms = [*args.arms, *(arm for arm in arm_runs if arm not in ARM_VARIANTS)]
     print(f"dataset {dataset}: {identities} training identities, {counts}; "
           f"{args.variants} variants per training image, {args.query_variants} per changed-clothes query "
           f"(world preset, DDIM {args.steps} steps, guidance {args.guidance}); CAL tiny {args.height}x{args.width} "
@@ -303,14 +315,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     jobs = []
     for seed in args.seeds:
-        for arm in args.arms:
+        for arm in arms:
             job = {"arm": arm, "seed": seed, "dataset": dataset, "height": args.height, "width": args.width,
                    "init": args.init, "train": train, "variants": arm_variants[arm], "refinement": refinement}
             job["key"] = _digest(job)
             job["result"] = str(work / "arms" / f"{arm}-seed{seed}-{job['key']}.json")
             jobs.append(job)
 
-    per_seed: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    per_seed: dict[str, list[dict]] = {arm: [] for arm in arms}
     results: dict[tuple[str, int], dict] = {}
     inpainted: dict[str, dict] = {}
     todo = []
@@ -322,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
             todo.append(job)
     def needs(job: dict) -> set[str]:
         """The inpaint runs an arm reads: the query variants (refinement), and its training variants."""
-        return {"query"} | ({ARM_VARIANTS[job["arm"]]} if ARM_VARIANTS[job["arm"]] else set())
+        return {"query"} | ({arm_runs[job["arm"]]} if arm_runs[job["arm"]] else set())
 
     # Only the runs an unfinished arm needs; the quick ones first, so the arms needing only them start early.
     waiting = [name for name in ("recoloured", "query", "train") if any(name in needs(j) for j in todo)]
@@ -345,6 +357,10 @@ def main(argv: list[str] | None = None) -> dict:
                 kind, what = running.pop(future)
                 value = future.result()  # a failed stage stops the benchmark with its own error
                 if kind == "inpaint":
+                    if what == "train" and args.gate_scorer:  # scored before any gated arm may start
+                        from factory.reid.score_run import score_run
+
+                        print(f"gate scores: {score_run(inpaints['train']['output'], args.gate_scorer)}", flush=True)
                     inpainted[what] = value
                     print(f"inpaint {what}: {value['generated_images']} images made, {value['samples']} in the run, "
                           f"{value['skipped_sources']} sources skipped ({value['seconds']:.0f} s)", flush=True)
@@ -362,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": args.variants, "query_variants": args.query_variants, "steps": args.steps,
         "guidance": args.guidance, "model": "world", "reid": f"cal tiny {args.height}x{args.width}",
         "epochs": args.epochs, "batches_per_epoch": steps, "p": args.p, "k": args.k, "lr": args.lr,
-        "schedule": sched, "seeds": args.seeds, "arms": list(args.arms),
+        "schedule": sched, "seeds": args.seeds, "arms": arms, "gate_scorer": args.gate_scorer,
         "inpaint": {name: _inpaint_summary(spec) for name, spec in inpaints.items()},
         "results": summary,
         "per_seed": {arm: [{"seed": seed, **row} for seed, row in zip(args.seeds, rows)] for arm, rows in per_seed.items()},

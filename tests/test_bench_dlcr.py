@@ -26,6 +26,7 @@ def test_dlcr_world_benchmark_reports_every_arm(tmp_path, monkeypatch, capsys):
         first = capsys.readouterr().out
         again = dlcr_world.main(argv)  # every stage cached: nothing is redone
         second = capsys.readouterr().out
+        gated = dlcr_world.main([*argv, "--arms", "real+variants", "--gate-scorer", "world", "--gate-thresholds", "-1"])
     finally:
         torch.set_num_threads(threads)
 
@@ -50,3 +51,6 @@ def test_dlcr_world_benchmark_reports_every_arm(tmp_path, monkeypatch, capsys):
     assert second.count("(cached)") == len(dlcr_world.ARMS)
     assert not any(line.startswith("inpaint ") for line in second.splitlines())
     assert again["results"] == result["results"]
+    # A gate at -1 keeps every scored variant: the gated arm trains on real+variants' very images.
+    assert gated["arms"] == ["real+variants", "real+variants, gated at -1"]
+    assert gated["per_seed"]["real+variants, gated at -1"] == result["per_seed"]["real+variants"]
