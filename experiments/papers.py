@@ -24,8 +24,8 @@ def _cell(pair: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dive-work", default="runs/bench-dive-world")
-    parser.add_argument("--dlcr-work", default="runs/bench-dlcr-world")
+    parser.add_argument("--dive-work", default="runs/bench-dive-world-v2")
+    parser.add_argument("--dlcr-work", default="runs/bench-dlcr-world-v2")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     dive = dive_world.main(["--work", args.dive_work, "--jobs", str(args.jobs)])
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nDLCR on the world: PRCC-world clothes-changing (CAL)")
     print(f"{'arm':30s} {'changed mAP':>15s} {'changed R1':>15s} {'refined mAP':>15s} {'same mAP':>15s}")
     for arm, row in dlcr["results"].items():
-        print(f"{arm:30s} {_cell(row['clothes_changing']['mAP']):>15s} {_cell(row['clothes_changing']['rank1']):>15s} "
+        print(f"{arm:30s} {_cell(row["clothes_changing"]['mAP']):>15s} {_cell(row['clothes_changing']['rank1']):>15s} "
               f"{_cell(row['clothes_changing_refined']['mAP']):>15s} {_cell(row['same_clothes']['mAP']):>15s}")
     result = {"dive": dive, "dlcr": dlcr}
     print(json.dumps(result))
