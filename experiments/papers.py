@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {source:30s} AUC {row['auc']:.3f}  RGB->IR rank-1 {row['rgb_to_ir_rank1']:.3f} "
               f"(chance {row['chance']:.3f})")
     print("\nDLCR on the world: PRCC-world clothes-changing (CAL)")
-    print(f"{'arm':30s} {'changed mAP':>15s} {'changed R1':>15s} {'refined mAP':>15s} {'same mAP':>15s}")
+    print(f"{'arm':36s} {'changed mAP':>15s} {'changed R1':>15s} {'refined mAP':>15s} {'same mAP':>15s}")
     for arm, row in dlcr["results"].items():
-        print(f"{arm:30s} {_cell(row["clothes_changing"]['mAP']):>15s} {_cell(row['clothes_changing']['rank1']):>15s} "
+        print(f"{arm:36s} {_cell(row['clothes_changing']['mAP']):>15s} {_cell(row['clothes_changing']['rank1']):>15s} "
               f"{_cell(row['clothes_changing_refined']['mAP']):>15s} {_cell(row['same_clothes']['mAP']):>15s}")
     result = {"dive": dive, "dlcr": dlcr}
     print(json.dumps(result))
