@@ -80,6 +80,7 @@ class InpaintTrainConfig:
 
 
 def inpaint_caption(camera: Camera, words: list[str], rng: random.Random) -> str:
+    """A training caption: the base's template with the camera (or "rgb"), the person's words, some opened."""
     if rng.random() < P_UNCOND:
         return ""
     phrase = rng.choice((camera.name, "rgb", f"rgb {camera.name}"))
