@@ -48,6 +48,7 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from factory.models.presets import SHIPPED
 from factory.world.captions import COLOURS, SLOTS, TOPS
 
 HEIGHT, WIDTH = 128, 64
@@ -60,7 +61,7 @@ HEADS = {
 JUDGE_WORLD_SEED = 9000
 GENERATORS = {
     "world inpainting": {"model": {"preset": "world"}},
-    "world text-to-image, blending": {"model": "TEXT_TO_IMAGE"},
+    "world text-to-image, blending": {"model": {"path": str(SHIPPED["world"])}},
     "recolour control": {"generator": "recolour"},
 }
 
@@ -192,7 +193,6 @@ def inpaint_run(work: Path, name: str, generator: dict, dataset: str, variants: 
                 guidance: float) -> str:
     from factory import api
     from factory.dlcr.spec import InpaintSpec
-    from factory.models.presets import SHIPPED
 
     body = {
         "seed": 0,
@@ -204,8 +204,6 @@ def inpaint_run(work: Path, name: str, generator: dict, dataset: str, variants: 
         "resources": {"cpus_per_actor": 1},
         **generator,
     }
-    if body.get("model") == "TEXT_TO_IMAGE":
-        body["model"] = {"path": str(SHIPPED["world"])}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
     out = work / "runs" / f"{name.split()[0]}-{name.split()[-1]}-{digest}"
     spec = InpaintSpec.model_validate({**body, "run_id": f"prompt-following-{digest}", "output": str(out)})
