@@ -205,6 +205,24 @@ def _lr(step: int, steps: int, peak: float) -> float:
 Progress = Callable[[str, int, int, float, float], None]  # stage, step, steps, loss, images/s
 
 
+def min_snr_loss(prediction: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Epsilon MSE per sample weighted by min(SNR, 5) / SNR (min-SNR-5), averaged over the batch."""
+    snr = alphas[t] / (1 - alphas[t])
+    weights = (snr.clamp(max=5.0) / snr).to(prediction.device)
+    return (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+
+
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list, ema: EMAModel, lr: float) -> None:
+    """One step at learning rate `lr`: gradients clipped to norm 1, then the EMA follows."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    ema.step(params)
+
+
 class _Meter:
     """Reports the mean loss and images/s every `every` steps, and keeps the final window's mean."""
 
@@ -339,16 +357,8 @@ class UNetStage:
                                  return_tensors="pt").input_ids
             hidden = self.text_encoder(ids.to(device))[0]
             prediction = self.unet(self.scheduler.add_noise(z, noise, t.to(device)), t.to(device), hidden).sample
-            snr = alphas[t] / (1 - alphas[t])
-            weights = (snr.clamp(max=5.0) / snr).to(device)
-            loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
-            for group in self.optimizer.param_groups:
-                group["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.optimizer.step()
-            self.ema.step(self.params)
+            loss = min_snr_loss(prediction, noise, t, alphas)
+            update(loss, self.optimizer, self.params, self.ema, _lr(step, cfg.unet_steps, cfg.unet_lr))
             meter.add(step, loss.item())
             self.step += 1
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.unet_steps:

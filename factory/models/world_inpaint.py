@@ -49,7 +49,7 @@ from factory.dive.finetune.captions import CAPTION_TEMPLATES
 from factory.dlcr.masks import LIP_KEEP
 from factory.models.presets import SD15_SCHEDULER
 from factory.models.tokenizer import MAX_LENGTH
-from factory.models.world_base import WORLD_SEED, Progress, _lr, _Meter, write_checksums
+from factory.models.world_base import WORLD_SEED, Progress, _lr, _Meter, min_snr_loss, update, write_checksums
 from factory.seeds import derive_seed
 from factory.world.captions import ANY, CLOTHING_SLOTS, SLOTS, describe_words
 from factory.world.people import make_person
@@ -208,16 +208,8 @@ class InpaintStage:
             inputs = torch.cat([self.scheduler.add_noise(z, noise, t), latents["masks"][index],
                                 latents["masked"][index] * scaling], dim=1)
             prediction = self.unet(inputs.to(device), t.to(device), hidden).sample
-            snr = alphas[t] / (1 - alphas[t])
-            weights = (snr.clamp(max=5.0) / snr).to(device)
-            loss = (F.mse_loss(prediction, noise.to(device), reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
-            for group in self.optimizer.param_groups:
-                group["lr"] = _lr(step, cfg.steps, cfg.lr)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.optimizer.step()
-            self.ema.step(self.params)
+            loss = min_snr_loss(prediction, noise.to(device), t, alphas)
+            update(loss, self.optimizer, self.params, self.ema, _lr(step, cfg.steps, cfg.lr))
             meter.add(step, loss.item())
             self.step += 1
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
