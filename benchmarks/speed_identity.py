@@ -5,13 +5,16 @@
 
 The generator is `experiments.dive_world`'s fine-tuned world model (identity tokens,
 camera codes and UNet LoRA; its fine-tune stage is reused from `--dive-work`, or made
-there first). Every point of the sweep generates B's IR images with it (the Market-world
+there first). The `lcm` points sample its consistency distillation (`factory finetune`
+mode distill: a student LoRA trained `--distill-steps` steps on the fine-tune's images
+against the fine-tuned model guided at `--guidance`, cached in `--work`/distill), with
+no guidance of their own: one UNet pass per step instead of two. Every point of the sweep generates B's IR images with it (the Market-world
 people it fine-tuned on, whose real RGB pairs each image), the same people, seeds and
 cameras at every point, through the factory's generation code in process (no Ray), and
 is timed from spec to `_SUCCESS.json`. The identity oracle then scores each point's run
 as `factory identity` does: ROC AUC of same-person vs other-person RGB-IR cosines and
 RGB->IR rank-1. The reference point is DiVE's own setting (DPM-Solver++, 50 steps); a
-point is written SCHEDULER:STEPS[:DTYPE] (schedulers: dpm++, ddim, euler_a; dtype
+point is written SCHEDULER:STEPS[:DTYPE] (schedulers: dpm++, ddim, euler_a, lcm; dtype
 float32 or bfloat16, default float32).
 
 After one untimed warm-up run, points run interleaved (each point once per round, `--repeats` rounds, the best time of
@@ -33,29 +36,46 @@ import torch
 from experiments import dive_world
 from factory import api
 from factory.dive.finetune.run import finetune
+from factory.dive.finetune.spec import FinetuneSpec
 from factory.dive.spec import GenerateSpec
 from factory.reid.run_identity import score_run
 
 REFERENCE = "dpm++:50"
 POINTS = (REFERENCE, "dpm++:25", "dpm++:10", "dpm++:5", "ddim:10", "euler_a:10", "dpm++:50:bfloat16",
-          "dpm++:10:bfloat16")
+          "dpm++:10:bfloat16", "lcm:8", "lcm:4", "lcm:2", "dpm++:4")
+SCHEDULERS = ("dpm++", "ddim", "euler_a", "lcm")
 
 
 def parse_point(point: str) -> dict:
     scheduler, steps, *rest = point.split(":")
     dtype = rest[0] if rest else "float32"
-    if scheduler not in ("dpm++", "ddim", "euler_a") or not steps.isdigit() or dtype not in ("float32", "bfloat16"):
+    if scheduler not in SCHEDULERS or not steps.isdigit() or dtype not in ("float32", "bfloat16"):
         raise argparse.ArgumentTypeError(f"{point!r}: a point is SCHEDULER:STEPS[:DTYPE], e.g. dpm++:10:bfloat16")
     return {"scheduler": scheduler, "steps": int(steps), "dtype": dtype}
 
 
-def point_spec(s: dive_world.Settings, tuned: dict, point: str, people: int, out: Path) -> GenerateSpec:
-    """dive_world's B-IR spec for the first `people` B people, with the point's sampler, into `out`."""
-    body = dive_world.generate_spec(s, "speed-identity", tuned, {"source": "dataset", "dataset": s.market,
-                                                                 "split": "train", "limit": people},
+def point_spec(s: dive_world.Settings, models: dict[str, dict], point: str, people: int, out: Path) -> GenerateSpec:
+    """dive_world's B-IR spec for the first `people` B people, with the point's sampler and model, into `out`.
+
+    `models`: "tuned" (the fine-tune) and "distilled" (its consistency distillation, for lcm points,
+    sampled without guidance: the distillation folded it in).
+    """
+    sampler = parse_point(point)
+    lcm = sampler["scheduler"] == "lcm"
+    body = dive_world.generate_spec(s, "speed-identity", models["distilled" if lcm else "tuned"],
+                                    {"source": "dataset", "dataset": s.market, "split": "train", "limit": people},
                                     [f"sysu:{c}" for c in dive_world.IR_CAMERAS]).model_dump()
-    body["sampler"] |= parse_point(point)
+    body["sampler"] |= sampler | ({"guidance": 1.0} if lcm else {})
     return GenerateSpec.model_validate({**body, "output": str(out)})
+
+
+def distill_spec(s: dive_world.Settings, a: list[int], tuned: dict, steps: int, out: Path) -> FinetuneSpec:
+    """The fine-tune's images and captions (always naming the person, as generation does), the fine-tune as teacher."""
+    body = dive_world.finetune_spec(s, a).model_dump()
+    return FinetuneSpec.model_validate({
+        **body, "run_id": "speed-identity-lcm", "output": str(out), "mode": "distill", "base": tuned,
+        "distill": {"guidance": s.guidance}, "p_identity_caption": 1.0, "steps": steps,
+        "checkpoint_every": max(1, steps // 4)})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=6.0, help="as experiments.dive_world")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--distill-steps", type=int, default=1000, help="the lcm points' consistency distillation")
     parser.add_argument("--quick", action="store_true", help="dive_world's quick fine-tune, 4 people, short points")
     args = parser.parse_args(argv)
     for point in args.points:
@@ -84,14 +105,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         options |= {**dive_world.QUICK, "ir_per_identity": args.ir_per_identity}
         args.people = min(args.people, 4)
+        args.distill_steps = min(args.distill_steps, 8)
     s = dive_world.Settings(work=args.dive_work, base="world", guidance=args.guidance, jobs=1, **options)
     a = dive_world.a_pids(s, dive_world.load_dataset(s.sysu)["train"])
     model_dir = finetune(dive_world.finetune_spec(s, a), resume=True)[""]
-    tuned = {"preset": "world", "lora": str(model_dir / "lora.safetensors"),
-             "bank": str(model_dir / "bank.safetensors"), "camera_codes": str(model_dir / "camera_codes.json")}
+    models = {"tuned": {"preset": "world", "lora": str(model_dir / "lora.safetensors"),
+                        "bank": str(model_dir / "bank.safetensors"), "camera_codes": str(model_dir / "camera_codes.json")}}
+    if any(parse_point(point)["scheduler"] == "lcm" for point in args.points):
+        started = time.monotonic()
+        spec = distill_spec(s, a, models["tuned"], args.distill_steps, args.work / "distill")
+        distilled = finetune(spec, resume=True)[""]
+        print(f"distillation ready in {distilled} ({time.monotonic() - started:.0f} s)", flush=True)
+        models["distilled"] = {**models["tuned"], "lora": str(distilled / "lora.safetensors")}
 
     # Untimed: the first run in a process pays for imports, kernel choices and the first model load.
-    api.run(point_spec(s, tuned, REFERENCE, 1, args.work / "warm-up").model_copy(update={"images_per_identity": 1}),
+    api.run(point_spec(s, models, REFERENCE, 1, args.work / "warm-up").model_copy(update={"images_per_identity": 1}),
             use_ray=False, resume=False)
     shutil.rmtree(args.work / "warm-up")
     seconds: dict[str, list[float]] = {point: [] for point in args.points}
@@ -100,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         for point in args.points:
             out = args.work / f"round{round_}" / point.replace(":", "-")
             shutil.rmtree(out, ignore_errors=True)
-            spec = point_spec(s, tuned, point, args.people, out)
+            spec = point_spec(s, models, point, args.people, out)
             started = time.perf_counter()
             summary = api.run(spec, use_ray=False)
             seconds[point].append(time.perf_counter() - started)

@@ -239,6 +239,10 @@ def finetune(
     Writes checkpoints every `checkpoint_every` steps and, at the end, OUT/model/ with
     lora.safetensors, bank.safetensors, camera_codes.json and model.json: name them
     in a generation spec's model (path or preset, lora, bank, camera_codes).
+
+    `mode: distill` (jobs/specs/distill-demo.yaml) takes such a model as its base and
+    distils it into a few-step sampler: its OUT/model/ samples with
+    `sampler: {scheduler: lcm, steps: 4}`, one UNet pass per step.
     """
     from factory.dive.finetune.spec import FinetuneSpec
     from factory.spec import load_spec

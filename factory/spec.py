@@ -36,6 +36,15 @@ class QualitySpec(Strict):
     device: str = Field("cpu", description="where the scorer runs: cpu, cuda, ...")
 
 
+def default_guidance(scheduler: str) -> float:
+    """Classifier-free guidance when a spec gives none: DiVE's and DLCR's 7.5, or 1 (none) for `lcm`.
+
+    A consistency-distilled model learned the guided teacher, so it samples without the
+    negative batch; guidance above 1 would guide it a second time, at twice the cost.
+    """
+    return 1.0 if scheduler == "lcm" else 7.5
+
+
 # Sampler settings that came after runs were already being made: left out of a run's
 # fingerprint at these defaults, so a run started before them still resumes.
 PERFORMANCE_DEFAULTS = {"channels_last": False, "compile": False}

@@ -7,16 +7,25 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import ModelRef
-from factory.spec import PERFORMANCE_DEFAULTS, QualitySpec, ResourcesSpec, Strict, drop_defaults
+from factory.spec import (
+    PERFORMANCE_DEFAULTS,
+    QualitySpec,
+    ResourcesSpec,
+    Strict,
+    default_guidance,
+    drop_defaults,
+)
 from manifests.schema import MODALITIES
 
 
 class SamplerSpec(Strict):
     """How images are sampled. Defaults are DiVE's generation settings (docs/METHODS.md §2.3)."""
 
-    scheduler: Literal["ddim", "dpm++", "euler_a"] = "dpm++"
+    scheduler: Literal["ddim", "dpm++", "euler_a", "lcm"] = Field(
+        "dpm++", description="lcm: a consistency-distilled model (`factory finetune` mode distill), 2-8 steps"
+    )
     steps: int = Field(50, ge=1, le=1000)
-    guidance: float = Field(7.5, ge=0)
+    guidance: float | None = Field(None, ge=0, description="classifier-free guidance; default 7.5, or 1 (none) for lcm")
     width: int = Field(256, ge=8, multiple_of=8)
     height: int = Field(512, ge=8, multiple_of=8)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -27,6 +36,11 @@ class SamplerSpec(Strict):
     compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
     image_format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
+
+    @model_validator(mode="after")
+    def _guidance(self) -> SamplerSpec:
+        self.guidance = default_guidance(self.scheduler) if self.guidance is None else self.guidance
+        return self
 
 
 class ModalitySpec(Strict):

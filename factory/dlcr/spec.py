@@ -11,7 +11,14 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import FINE_TUNED_PARTS, ModelRef
-from factory.spec import PERFORMANCE_DEFAULTS, QualitySpec, ResourcesSpec, Strict, drop_defaults
+from factory.spec import (
+    PERFORMANCE_DEFAULTS,
+    QualitySpec,
+    ResourcesSpec,
+    Strict,
+    default_guidance,
+    drop_defaults,
+)
 
 
 class SourceSpec(Strict):
@@ -94,9 +101,11 @@ class WardrobeSpec(Strict):
 
 
 class InpaintSamplerSpec(Strict):
-    scheduler: Literal["ddim", "dpm++", "euler_a"] = "ddim"
+    scheduler: Literal["ddim", "dpm++", "euler_a", "lcm"] = Field(
+        "ddim", description="lcm: a consistency-distilled inpainting model (e.g. LCM-LoRA fused into it), 2-8 steps"
+    )
     steps: int = Field(50, ge=1, le=1000)
-    guidance: float = Field(7.5, ge=0)
+    guidance: float | None = Field(None, ge=0, description="classifier-free guidance; default 7.5, or 1 (none) for lcm")
     strength: float = Field(1.0, gt=0, le=1)
     eta: float = Field(0.0, ge=0, description="DDIM's eta")
     width: int = Field(256, ge=8, multiple_of=8)
@@ -105,6 +114,11 @@ class InpaintSamplerSpec(Strict):
     batch_size: int = Field(5, ge=1, description="variants per pipeline call")
     channels_last: bool = Field(False, description="UNet and VAE weights in NHWC (faster on GPU tensor cores)")
     compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
+
+    @model_validator(mode="after")
+    def _guidance(self) -> InpaintSamplerSpec:
+        self.guidance = default_guidance(self.scheduler) if self.guidance is None else self.guidance
+        return self
 
 
 class InpaintSpec(Strict):

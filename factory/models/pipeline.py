@@ -20,6 +20,7 @@ from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
+    LCMScheduler,
     SchedulerMixin,
     StableDiffusionPipeline,
 )
@@ -36,6 +37,7 @@ SCHEDULERS = {
     "ddim": DDIMScheduler,
     "dpm++": DPMSolverMultistepScheduler,
     "euler_a": EulerAncestralDiscreteScheduler,
+    "lcm": LCMScheduler,  # for a consistency-distilled model (`factory finetune` mode distill): 2-8 steps
 }
 # DiVE samples with DPM-Solver++ of order 2, built from the model's own scheduler config.
 _SCHEDULER_OPTIONS = {"dpm++": dict(algorithm_type="dpmsolver++", solver_order=2)}
@@ -58,15 +60,14 @@ def _camera_codes(path: str) -> dict[str, str]:
     return codes
 
 
-def _add_learned_tokens(pipe: StableDiffusionPipeline, path: Path) -> None:
-    """Add fine-tuned camera tokens to the vocabulary with their learned rows."""
-    rows = load_file(path)
-    pipe.tokenizer.add_tokens(sorted(rows))
-    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
-    table = pipe.text_encoder.get_input_embeddings().weight
+def add_learned_tokens(tokenizer, text_encoder, rows: dict[str, torch.Tensor]) -> None:
+    """Add tokens to the vocabulary with their learned embedding rows (fine-tuned camera or identity tokens)."""
+    tokenizer.add_tokens(sorted(rows))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    table = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         for token, row in rows.items():
-            table[pipe.tokenizer.convert_tokens_to_ids(token)] = row.to(table.dtype)
+            table[tokenizer.convert_tokens_to_ids(token)] = row.to(table.dtype)
 
 
 class TextToImage:
@@ -111,7 +112,8 @@ class TextToImage:
             pipe.fuse_lora()  # no per-step LoRA matmuls; the fused weights stay after unloading
             pipe.unload_lora_weights()
         if ref.camera_tokens:
-            _add_learned_tokens(pipe, existing_file(ref.camera_tokens, "camera tokens"))
+            rows = load_file(existing_file(ref.camera_tokens, "camera tokens"))
+            add_learned_tokens(pipe.tokenizer, pipe.text_encoder, rows)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device), bank, codes)
 

@@ -10,6 +10,9 @@ OUT/                      (per modality in separate mode: OUT/rgb/, OUT/ir/)
     camera_codes.json     camera -> code string used in the prompts
     mapping.parquet       renumbered identity -> (dataset, pid, images)
     model.json            base model fingerprint, spec fingerprint, steps, final loss
+
+Distill mode (`distill.py`) writes the same model/ folder: the DiVE LoRA and the
+few-step student's stacked into lora.safetensors, beside the teacher's bank and codes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from safetensors.torch import save_file
 
 from factory.datasets.records import image_files
 from factory.dive.finetune.captions import camera_codes, identity_token
+from factory.dive.finetune.distill import Distiller, export_distilled
 from factory.dive.finetune.new_identities import append_new_identities, sample_new_identities
 from factory.dive.finetune.spec import FinetuneSpec
 from factory.dive.finetune.trainer import LOSSES, Trainer, latest_checkpoint
@@ -76,6 +80,11 @@ def _parts(spec: FinetuneSpec, trainset: FinetuneSet) -> dict[str, FinetuneSet]:
     return parts
 
 
+def _final_loss(path: Path) -> float | None:
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1])["loss"] if lines else None
+
+
 def _truncate_losses(path: Path, step: int) -> None:
     """Drop logged steps after the checkpoint a resume starts from: they are made again."""
     if path.is_file():
@@ -105,12 +114,22 @@ def _embed_trainset(spec: FinetuneSpec, base_bank: IdentityBank) -> FinetuneSet:
     return FinetuneSet(images=images, sources=sources, cameras={embed.camera: embed.modality})
 
 
+def _teacher_codes(spec: FinetuneSpec, trainset: FinetuneSet) -> dict[str, str]:
+    codes = json.loads(Path(spec.base.camera_codes).read_text())
+    unknown = sorted(set(trainset.cameras) - set(codes))
+    if unknown:
+        raise FactoryError(f"distill: cameras {unknown} of the training set are not in {spec.base.camera_codes}")
+    return codes
+
+
 def _training(spec: FinetuneSpec) -> tuple[FinetuneSet, dict[str, str], IdentityBank | None]:
     """The training set, the camera codes its captions use, and (embed mode) the bank it extends."""
     if spec.mode != "embed":
         trainset = build_finetune_set(
             [_source(s) for s in spec.datasets], first_id=spec.first_id, exclude=[_source(s) for s in spec.exclude]
         )
+        if spec.mode == "distill":  # the teacher's captions: its camera codes
+            return trainset, _teacher_codes(spec, trainset), None
         cameras = sorted(trainset.cameras)
         if spec.camera_tokens == "learned":
             return trainset, {camera: f"<camera_{n}>" for n, camera in enumerate(cameras)}, None
@@ -136,7 +155,7 @@ def finetune(spec: FinetuneSpec, *, resume: bool = False, on_step: OnStep | None
         checkpoint = latest_checkpoint(target)
         if (checkpoint or (target / "model").exists()) and not resume:
             raise FactoryError(f"{target} already holds a fine-tune: add --resume, or choose a new --out")
-        trainer = Trainer(spec, subset, codes, target)
+        trainer = (Distiller if spec.mode == "distill" else Trainer)(spec, subset, codes, target)
         main = trainer.accelerator.is_main_process  # under `accelerate launch`, one process writes
         if checkpoint is not None:
             trainer.load_checkpoint(checkpoint, fingerprint)
@@ -153,7 +172,9 @@ def finetune(spec: FinetuneSpec, *, resume: bool = False, on_step: OnStep | None
             if on_step:
                 on_step(part or "joint", result.step, spec.steps, result.loss)
         trainer.accelerator.wait_for_everyone()
-        if main:
+        if main and spec.mode == "distill":
+            exported[part] = export_distilled(trainer, target / "model", fingerprint, _final_loss(target / LOSSES))
+        elif main:
             exported[part] = export(trainer, subset, codes, target / "model", spec, fingerprint, base_bank)
     return exported
 
@@ -212,7 +233,6 @@ def export(
     if trainer.camera_tokens:
         save_file(trainer.camera_rows(), folder / "camera_tokens.safetensors")
     trainset.write_mapping(folder / "mapping.parquet")
-    losses = [json.loads(line)["loss"] for line in (folder.parent / LOSSES).read_text().splitlines()]
     (folder / "model.json").write_text(
         json.dumps(
             {
@@ -221,7 +241,7 @@ def export(
                 "base_fingerprint": spec.base.fingerprint(),
                 "spec_fingerprint": fingerprint,
                 "steps": trainer.step,
-                "final_loss": losses[-1] if losses else None,
+                "final_loss": _final_loss(folder.parent / LOSSES),
                 "cameras": dict(sorted(trainset.cameras.items())),
             },
             indent=2,

@@ -43,6 +43,15 @@ class NewIdentitiesSpec(Strict):
     first_id: int | None = Field(None, ge=0, description="default: after the bank's largest identity")
 
 
+class DistillSpec(Strict):
+    """Distil mode: latent consistency distillation of a fine-tuned model into a few-step LoRA (LCM-LoRA)."""
+
+    guidance: float = Field(
+        7.5, ge=1, description="the teacher's classifier-free guidance, folded into the student (DiVE samples at 7.5)"
+    )
+    huber_c: float = Field(0.001, gt=0, description="the pseudo-Huber loss's c (LCM-LoRA: 0.001)")
+
+
 class FinetuneSpec(Strict):
     """DiVE fine-tuning (docs/METHODS.md §2.2): UNet LoRA + identity tokens, camera codes in the captions."""
 
@@ -54,10 +63,13 @@ class FinetuneSpec(Strict):
     exclude: list[DatasetSourceSpec] = Field(
         default_factory=list, description="splits whose identities must not be trained on (e.g. test)"
     )
-    mode: Literal["joint", "separate", "embed"] = Field(
-        "joint", description="separate: one LoRA and bank per modality; embed: tokens only, for `embed`"
+    mode: Literal["joint", "separate", "embed", "distill"] = Field(
+        "joint",
+        description="separate: one LoRA and bank per modality; embed: tokens only, for `embed`; distill: a "
+        "fine-tuned base (lora, bank, camera_codes) made a few-step sampler (`sampler: {scheduler: lcm, steps: 4}`)",
     )
     embed: EmbedSpec | None = None
+    distill: DistillSpec | None = Field(None, description="distill mode's settings (default: DistillSpec's)")
     new_identities: NewIdentitiesSpec | None = Field(None, description="appended to the exported bank")
     first_id: int = Field(0, ge=0, description="identities are renumbered from here")
     token_init: str = Field("person", description="word whose embedding initialises every new token row (D5)")
@@ -88,6 +100,14 @@ class FinetuneSpec(Strict):
                 raise ValueError("embed mode needs embed: {images, camera} and a base with bank and camera_codes")
         elif not self.datasets:
             raise ValueError(f"{self.mode} mode needs datasets to train on")
+        if self.mode == "distill":
+            if not (self.base.lora and self.base.bank and self.base.camera_codes):
+                raise ValueError("distill mode needs the fine-tuned model as base: lora, bank and camera_codes")
+            if self.new_identities is not None:
+                raise ValueError("distill mode keeps the base's bank: new_identities belong to the fine-tune")
+            self.distill = self.distill or DistillSpec()
+        elif self.distill is not None:
+            raise ValueError(f"distill settings given in {self.mode} mode: set mode: distill")
         return self
 
     def content(self) -> dict[str, Any]:

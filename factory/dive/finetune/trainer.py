@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,7 @@ def base_folder(spec: FinetuneSpec) -> Path:
     folder = preset_path(spec.base.preset) if spec.base.preset else resolve_model_path(spec.base.path)
     if not (folder / "model_index.json").is_file():
         raise FactoryError(f"base model {folder} is not a diffusers folder (no model_index.json)")
-    if spec.mode != "embed" and (spec.base.lora or spec.base.bank):
+    if spec.mode not in ("embed", "distill") and (spec.base.lora or spec.base.bank):
         raise FactoryError("base: fine-tune from plain weights (no lora or bank); embed mode extends a bank")
     return folder
 
@@ -92,12 +92,98 @@ class StepResult:
     loss: float
 
 
-class Trainer:
+class SteppedTraining:
+    """What every `factory finetune` trainer shares: the batch stream, the step count, the latents, checkpoints.
+
+    A subclass sets `spec`, `out`, `accelerator`, `vae`, `weight_dtype`, `samples` and
+    `step`, registers accelerate's save/load hooks for what it trains, and names in
+    `checkpoint_files` the files a checkpoint of this release must hold.
+    """
+
+    spec: FinetuneSpec
+    out: Path
+    accelerator: Accelerator
+    vae: AutoencoderKL
+    weight_dtype: torch.dtype
+    samples: CaptionedImages
+    step: int
+    optimizer: torch.optim.Optimizer
+    lora_params: list[nn.Parameter]
+    checkpoint_files: tuple[str, ...] = ()
+    _batches: Iterator[dict] | None = None
+
+    def _next_batch(self) -> dict:
+        """The next micro-batch; the loader starts at the current step (so after a resume, where it left off)."""
+        if self._batches is None:
+            accelerator = self.accelerator
+            positions = StepPositions(self.spec, processes=accelerator.num_processes,
+                                      rank=accelerator.process_index, start=self.step)
+            self._batches = iter(batch_loader(self.samples, positions, workers=self.spec.workers))
+        return next(self._batches)
+
+    def _generator(self, micro: int) -> torch.Generator:
+        """Timesteps and noise of (step, micro-batch, process), never a running random state."""
+        where = (self.step, micro, self.accelerator.process_index)
+        return torch.Generator().manual_seed(derive_seed(self.spec.seed, "noise", *where))
+
+    def _latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            pixels = batch["pixels"].to(self.accelerator.device, self.weight_dtype, non_blocking=True)
+            latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
+            return latents * self.vae.config.scaling_factor
+
+    def _optimizer_step(self, loss_of: Callable[[dict, torch.Generator], torch.Tensor]) -> StepResult:
+        """One optimizer step over the accumulated micro-batches; the LoRA's gradients clipped."""
+        spec = self.spec
+        total = 0.0
+        for micro in range(spec.gradient_accumulation):
+            loss = loss_of(self._next_batch(), self._generator(micro)) / spec.gradient_accumulation
+            self.accelerator.backward(loss)
+            total += loss.item()
+        if self.lora_params:
+            self.accelerator.clip_grad_norm_(self.lora_params, spec.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return StepResult(self.step, total)
+
+    def save_checkpoint(self, fingerprint: str) -> Path:
+        """checkpoints/step-NNNNNNNN/, written in a staging folder and renamed into place; every process calls it."""
+        root = self.out / CHECKPOINTS
+        final = root / f"step-{self.step:08d}"
+        staging = root / f".{final.name}.partial"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))  # each process writes its own RNG states
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            (staging / "state.json").write_text(json.dumps({"step": self.step, "spec_fingerprint": fingerprint}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging, final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, folder: Path, fingerprint: str) -> None:
+        state = json.loads((folder / "state.json").read_text())
+        if state["spec_fingerprint"] != fingerprint:
+            raise FactoryError(f"{folder} was made from another spec; fine-tune into a new --out")
+        if not all((folder / name).is_file() for name in self.checkpoint_files):
+            raise FactoryError(f"{folder} is a checkpoint of an older release; fine-tune into a new --out")
+        self.accelerator.load_state(str(folder))  # torch.load(weights_only=True) inside: nothing is unpickled
+        self.step = state["step"]
+        self._batches = None
+
+
+class Trainer(SteppedTraining):
     """Holds the models, optimizer and batches of one fine-tune, stepped by `train_step()`.
 
     In embed mode there is no new LoRA: the base's LoRA is fused into the frozen UNet and
     only the new identities' rows train (textual inversion).
     """
+
+    checkpoint_files = (ROWS_FILE,)
 
     def __init__(self, spec: FinetuneSpec, trainset: FinetuneSet, codes: dict[str, str], out: Path) -> None:
         self.spec, self.trainset, self.codes, self.out = spec, trainset, codes, out
@@ -162,7 +248,6 @@ class Trainer:
         self.accelerator.register_load_state_pre_hook(self._load_trained)
         self.weight_dtype = weight_dtype
         self.samples = CaptionedImages(spec, trainset, self.identity_tokens, codes, self.tokenizer)
-        self._batches: Iterator[dict] | None = None
         self.step = 0
 
     @property
@@ -213,21 +298,9 @@ class Trainer:
 
     # ---- one optimizer step ----------------------------------------------------------
 
-    def _next_batch(self) -> dict:
-        """The next micro-batch; the loader starts at the current step (so after a resume, where it left off)."""
-        if self._batches is None:
-            accelerator = self.accelerator
-            positions = StepPositions(self.spec, processes=accelerator.num_processes,
-                                      rank=accelerator.process_index, start=self.step)
-            self._batches = iter(batch_loader(self.samples, positions, workers=self.spec.workers))
-        return next(self._batches)
-
     def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         device = self.accelerator.device
-        with torch.no_grad():
-            pixels = batch["pixels"].to(device, self.weight_dtype, non_blocking=True)
-            latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
-            latents = latents * self.vae.config.scaling_factor
+        latents = self._latents(batch, generator)
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(device)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
@@ -237,19 +310,7 @@ class Trainer:
         return F.mse_loss(prediction.float(), noise.float())
 
     def train_step(self) -> StepResult:
-        step, spec = self.step, self.spec
-        total = 0.0
-        for micro in range(spec.gradient_accumulation):
-            generator = torch.Generator().manual_seed(derive_seed(spec.seed, "noise", step, micro, self.accelerator.process_index))
-            loss = self._loss(self._next_batch(), generator) / spec.gradient_accumulation
-            self.accelerator.backward(loss)
-            total += loss.item()
-        if self.lora_params:
-            self.accelerator.clip_grad_norm_(self.lora_params, spec.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return StepResult(self.step, total)
+        return self._optimizer_step(self._loss)
 
     # ---- checkpoints -----------------------------------------------------------------
 
@@ -283,34 +344,6 @@ class Trainer:
         with torch.no_grad():
             self.token_rows.copy_(load_file(Path(folder) / ROWS_FILE)["rows"])
         models.clear()
-
-    def save_checkpoint(self, fingerprint: str) -> Path:
-        """checkpoints/step-NNNNNNNN/, written in a staging folder and renamed into place; every process calls it."""
-        root = self.out / CHECKPOINTS
-        final = root / f"step-{self.step:08d}"
-        staging = root / f".{final.name}.partial"
-        if self.accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(staging))  # each process writes its own RNG states
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            (staging / "state.json").write_text(json.dumps({"step": self.step, "spec_fingerprint": fingerprint}))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
-        self.accelerator.wait_for_everyone()
-        return final
-
-    def load_checkpoint(self, folder: Path, fingerprint: str) -> None:
-        state = json.loads((folder / "state.json").read_text())
-        if state["spec_fingerprint"] != fingerprint:
-            raise FactoryError(f"{folder} was made from another spec; fine-tune into a new --out")
-        if not (folder / ROWS_FILE).is_file():
-            raise FactoryError(f"{folder} is a checkpoint of an older release; fine-tune into a new --out")
-        self.accelerator.load_state(str(folder))  # torch.load(weights_only=True) inside: nothing is unpickled
-        self.step = state["step"]
-        self._batches = None
 
     def export_lora(self, path: Path) -> None:
         unet = self.unet
