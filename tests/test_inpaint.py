@@ -36,7 +36,7 @@ from factory.dlcr.inpainter import Inpainter, paste_back
 from factory.dlcr.masks import LabelRule, clothes_mask
 from factory.dlcr.method import build_wardrobe
 from factory.dlcr.recolour import RECOLOUR_FINGERPRINT, recolour
-from factory.dlcr.spec import InpaintSpec
+from factory.dlcr.spec import InpaintSamplerSpec, InpaintSpec
 from factory.dlcr.tasks import InpaintResult, Skipped, SourceShard
 from factory.dlcr.wardrobe import Wardrobe, describer_fingerprint
 from factory.dlcr.writer import read_skipped, skipped_uri, write_inpaint_shard
@@ -346,6 +346,19 @@ def test_the_world_models_inpaint(world, tmp_path, model):
     channels = 9 if "preset" in model else 4
     assert Inpainter.load(ModelRef(**model)).pipe.unet.config.in_channels == channels
     assert verify_run(out).ok()
+
+
+def test_inpainting_samples_with_lcm_in_one_pass_per_step():
+    """`scheduler: lcm` (for a consistency-distilled inpainting model) guides nothing by default: no negative batch."""
+    inpainter = Inpainter.load(ModelRef(preset="world"))
+    batches = []
+    forward = inpainter.pipe.unet.forward
+    inpainter.pipe.unet.forward = lambda sample, *a, **k: batches.append(len(sample)) or forward(sample, *a, **k)
+    mask = np.zeros((128, 64), dtype=bool)
+    mask[40:80] = True
+    sampler = InpaintSamplerSpec(scheduler="lcm", steps=2, width=64, height=128)
+    made = inpainter.inpaint([Image.new("RGB", (64, 128), "grey")] * 2, [mask] * 2, ["a person"] * 2, [0, 1], sampler)
+    assert sampler.guidance == 1.0 and batches == [2, 2] and [m.size for m in made] == [(64, 128)] * 2
 
 
 def test_the_recolour_control_repaints_each_garment_in_one_colour_with_its_shading(world, tmp_path):

@@ -223,6 +223,41 @@ def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list, e
     ema.step(params)
 
 
+def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], ema: EMAModel,
+                    optimizer: torch.optim.Optimizer, step: int, settings: dict) -> None:
+    """NAME.safetensors per module, the EMA, the optimizer, and state.json (step, EMA state, `settings`).
+
+    Written to a temporary folder beside `folder` and renamed, so a killed run leaves the
+    previous checkpoint whole.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    for name, module in modules.items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, staging / f"{name}.safetensors")
+    state = ema.state_dict()
+    save_file({f"{i}": p.contiguous() for i, p in enumerate(state.pop("shadow_params"))}, staging / "ema.safetensors")
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    (staging / "state.json").write_text(json.dumps({"step": step, "ema": state, **settings}))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.replace(folder)
+
+
+def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], ema: EMAModel,
+                    optimizer: torch.optim.Optimizer, settings: dict) -> int | None:
+    """The step `save_checkpoint` wrote into `folder`, with everything loaded back; None when there is none."""
+    if not (folder / "state.json").is_file():
+        return None
+    state = json.loads((folder / "state.json").read_text())
+    if {key: state.get(key) for key in settings} != json.loads(json.dumps(settings)):
+        raise ValueError(f"{folder} was made with other settings; use another --work folder")
+    for name, module in modules.items():
+        module.load_state_dict(load_file(folder / f"{name}.safetensors"))
+    shadow = load_file(folder / "ema.safetensors")
+    ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+    # weights_only: the optimizer state is tensors and numbers; nothing is unpickled.
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    return state["step"]
+
+
 class _Meter:
     """Reports the mean loss and images/s every `every` steps, and keeps the final window's mean."""
 
@@ -304,35 +339,19 @@ class UNetStage:
         self.scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
         self.step = 0
 
-    # A checkpoint: the weights, the EMA, the optimizer and the step; written to a temp
-    # folder and renamed, so a killed run leaves the previous checkpoint whole.
+    # A checkpoint: the weights, the EMA, the optimizer and the step (`save_checkpoint`).
+    def _checkpoint(self) -> tuple[Path, dict[str, torch.nn.Module], dict]:
+        return self.work / "unet-checkpoint", {"unet": self.unet, "text": self.text_encoder}, {"config": asdict(self.cfg)}
+
     def save(self) -> None:
-        staging = Path(tempfile.mkdtemp(prefix=".unet-", dir=self.work))
-        save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, staging / "unet.safetensors")
-        save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()}, staging / "text.safetensors")
-        ema = self.ema.state_dict()
-        save_file({f"{i}": p.contiguous() for i, p in enumerate(ema.pop("shadow_params"))}, staging / "ema.safetensors")
-        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
-        (staging / "state.json").write_text(json.dumps({"step": self.step, "ema": ema, "config": asdict(self.cfg)}))
-        final = self.work / "unet-checkpoint"
-        shutil.rmtree(final, ignore_errors=True)
-        staging.replace(final)
+        folder, modules, settings = self._checkpoint()
+        save_checkpoint(folder, modules, self.ema, self.optimizer, self.step, settings)
 
     def load(self) -> bool:
-        folder = self.work / "unet-checkpoint"
-        if not (folder / "state.json").is_file():
-            return False
-        state = json.loads((folder / "state.json").read_text())
-        if state["config"] != json.loads(json.dumps(asdict(self.cfg))):
-            raise ValueError(f"{folder} was made with other settings; use another --work folder")
-        self.unet.load_state_dict(load_file(folder / "unet.safetensors"))
-        self.text_encoder.load_state_dict(load_file(folder / "text.safetensors"))
-        shadow = load_file(folder / "ema.safetensors")
-        self.ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
-        # weights_only: the optimizer state is tensors and numbers; nothing is unpickled.
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        self.step = state["step"]
-        return True
+        folder, modules, settings = self._checkpoint()
+        step = load_checkpoint(folder, modules, self.ema, self.optimizer, settings)
+        self.step = self.step if step is None else step
+        return step is not None
 
     def train(self, latents: tuple[torch.Tensor, torch.Tensor], renders: Renders, scaling: float,
               progress: Progress) -> _Meter:

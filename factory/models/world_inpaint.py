@@ -29,7 +29,6 @@ and scheduler beside the new UNet.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import tempfile
@@ -42,14 +41,23 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from factory.dive.finetune.captions import CAPTION_TEMPLATES
 from factory.dlcr.masks import LIP_KEEP
 from factory.models.presets import SD15_SCHEDULER
 from factory.models.tokenizer import MAX_LENGTH
-from factory.models.world_base import WORLD_SEED, Progress, _lr, _Meter, min_snr_loss, update, write_checksums
+from factory.models.world_base import (
+    WORLD_SEED,
+    Progress,
+    _lr,
+    _Meter,
+    load_checkpoint,
+    min_snr_loss,
+    save_checkpoint,
+    update,
+    write_checksums,
+)
 from factory.seeds import derive_seed
 from factory.world.captions import ANY, CLOTHING_SLOTS, SLOTS, describe_words
 from factory.world.people import make_person
@@ -156,34 +164,19 @@ class InpaintStage:
         self.scheduler = DDPMScheduler.from_config(SD15_SCHEDULER)
         self.step = 0
 
-    def _settings(self) -> dict:
-        return json.loads(json.dumps({"config": asdict(self.cfg), "base": self.base}))
+    def _checkpoint(self) -> tuple[Path, dict[str, torch.nn.Module], dict]:
+        """Where, what and with which settings (`world_base.save_checkpoint`): weights, EMA, optimizer, step."""
+        return self.work / "inpaint-checkpoint", {"unet": self.unet}, {"config": asdict(self.cfg), "base": self.base}
 
     def save(self) -> None:
-        """Weights, EMA, optimizer and step, written to a temp folder and renamed (a kill leaves the last one whole)."""
-        staging = Path(tempfile.mkdtemp(prefix=".inpaint-", dir=self.work))
-        save_file({k: v.contiguous() for k, v in self.unet.state_dict().items()}, staging / "unet.safetensors")
-        ema = self.ema.state_dict()
-        save_file({f"{i}": p.contiguous() for i, p in enumerate(ema.pop("shadow_params"))}, staging / "ema.safetensors")
-        torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
-        (staging / "state.json").write_text(json.dumps({"step": self.step, "ema": ema, **self._settings()}))
-        final = self.work / "inpaint-checkpoint"
-        shutil.rmtree(final, ignore_errors=True)
-        staging.replace(final)
+        folder, modules, settings = self._checkpoint()
+        save_checkpoint(folder, modules, self.ema, self.optimizer, self.step, settings)
 
     def load(self) -> bool:
-        folder = self.work / "inpaint-checkpoint"
-        if not (folder / "state.json").is_file():
-            return False
-        state = json.loads((folder / "state.json").read_text())
-        if {k: state.get(k) for k in ("config", "base")} != self._settings():
-            raise ValueError(f"{folder} was made with other settings; use another --work folder")
-        self.unet.load_state_dict(load_file(folder / "unet.safetensors"))
-        shadow = load_file(folder / "ema.safetensors")
-        self.ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        self.step = state["step"]
-        return True
+        folder, modules, settings = self._checkpoint()
+        step = load_checkpoint(folder, modules, self.ema, self.optimizer, settings)
+        self.step = self.step if step is None else step
+        return step is not None
 
     def train(self, latents: dict[str, torch.Tensor], renders: MaskedRenders, text_encoder: CLIPTextModel,
               tokenizer: CLIPTokenizer, scaling: float, progress: Progress) -> _Meter:
