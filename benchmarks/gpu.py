@@ -9,10 +9,11 @@ the actor code a Ray job runs, one actor, no Ray), from spec to `_SUCCESS.json`,
 pictures are noise):
 
 - generation (DiVE): 512x256, real RGB of a procedural Market world paired with
-  generated IR, DPM-Solver++, guidance 7.5; DiVE's 50 steps, then a few-step point
-  (`--few-steps`, DPM-Solver++ again: the distilled few-step sampler is not built yet);
+  generated IR, DPM-Solver++, guidance 7.5, DiVE's 50 steps; then the few-step point:
+  `scheduler: lcm`, `--few-steps` steps (4), guidance 1, one UNet pass per step, as a
+  consistency-distilled model (`factory finetune` mode distill) samples;
 - inpainting (DLCR): 768x256, the sd15 inpainting preset, DDIM, guidance 7.5, 50 steps,
-  then the few-step point.
+  then the same few-step point.
 
 GPU settings: bf16 weights and activations, attention through PyTorch's SDPA (diffusers'
 default), UNet and VAE in channels_last, the UNet under `torch.compile` (`--no-compile`
@@ -20,10 +21,11 @@ to skip it), and the batch size from free memory: the largest power of two up to
 `--max-batch` whose trial call peaks under 85 % of the device's memory. A first, untimed
 job per stage pays for the compilation. Not done: overlapping the VAE decode with the
 next batch's UNet (the decode runs inside the pipeline call; JPEG encoding, tar writing
-and commits already overlap generation in the engine's writer).
+and commits already overlap generation in the engine's writer). Both are compute-bound
+kernels on one chip; what overlapping would win is for this script to measure first.
 
 Per point: images/s, and the share of the device's bf16 matmul ceiling that the
-images' FLOPs use (UNet forward x steps x 2 for guidance + VAE decode (+ encode when
+images' FLOPs use (UNet forward x steps, x 2 with guidance, + VAE decode (+ encode when
 inpainting), counted by `benchmarks.throughput.count_flops`). The last line is one JSON
 object. `--device cpu --tiny` runs everything at 64x32 (inpainting 96x32), 2 and 1
 steps, float32, batch 2, no compile: it checks the script, not the speed.
@@ -54,13 +56,15 @@ def settings(args: argparse.Namespace) -> dict:
         "dtype": "bfloat16" if args.device == "cuda" else "float32",
         "generate": {"height": 64 if tiny else 512, "width": 32 if tiny else 256},
         "inpaint": {"height": 96 if tiny else 768, "width": 32 if tiny else 256},
-        "steps": [2, 1] if tiny else [50, args.few_steps],
+        # (scheduler, steps, guidance) per point: the reference, then the distilled few-step path
+        "points": {"generate": [["dpm++", 2 if tiny else 50, 7.5], ["lcm", 1 if tiny else args.few_steps, 1.0]],
+                   "inpaint": [["ddim", 2 if tiny else 50, 7.5], ["lcm", 1 if tiny else args.few_steps, 1.0]]},
         "compile": args.device == "cuda" and not args.no_compile,
         "channels_last": args.device == "cuda",
     }
 
 
-def generate_spec(cfg: dict, out: Path, steps: int, batch: int, images: int) -> GenerateSpec:
+def generate_spec(cfg: dict, out: Path, point: list, batch: int, images: int) -> GenerateSpec:
     identities = max(1, images // (2 * batch))  # two IR cameras, a full batch each
     return GenerateSpec.model_validate(dict(
         run_id="gpu-bench", output=str(out), model={"preset": cfg["preset"]},
@@ -68,20 +72,20 @@ def generate_spec(cfg: dict, out: Path, steps: int, batch: int, images: int) -> 
                     "limit": identities},
         images_per_identity=2 * batch, identities_per_shard=2, images_per_task=2 * batch,
         rgb={"source": "real"}, ir={"cameras": ["cam3", "cam6"]},
-        sampler={"scheduler": "dpm++", "steps": steps, "guidance": 7.5, "batch_size": batch, "dtype": cfg["dtype"],
+        sampler={**_sampler(point), "batch_size": batch, "dtype": cfg["dtype"],
                  "compile": cfg["compile"], "channels_last": cfg["channels_last"], **cfg["generate"]},
         resources={"gpus_per_actor": 1 if torch.cuda.is_available() else 0},
     ))
 
 
-def inpaint_spec(cfg: dict, out: Path, steps: int, batch: int, images: int) -> InpaintSpec:
+def inpaint_spec(cfg: dict, out: Path, point: list, batch: int, images: int) -> InpaintSpec:
     identities = max(1, images // (2 * batch))  # two source images per identity, `batch` variants each
     return InpaintSpec.model_validate(dict(
         run_id="gpu-bench", output=str(out), model={"preset": cfg["preset"]},
         source={"dataset": f"world://prcc?identities={max(5, 2 * identities)}&seed=0", "identities": identities,
                 "images_per_identity": 2},
         variants=batch, identities_per_shard=1, sources_per_task=2,
-        sampler={"scheduler": "ddim", "steps": steps, "guidance": 7.5, "batch_size": batch, "dtype": cfg["dtype"],
+        sampler={**_sampler(point), "batch_size": batch, "dtype": cfg["dtype"],
                  "compile": cfg["compile"], "channels_last": cfg["channels_last"], **cfg["inpaint"]},
         resources={"gpus_per_actor": 1 if torch.cuda.is_available() else 0},
     ))
@@ -120,14 +124,20 @@ def largest_batch(kind: str, cfg: dict, limit: int) -> int:
     return best
 
 
-def run_point(kind: str, cfg: dict, steps: int, batch: int, images: int, root: Path) -> dict:
+def _sampler(point: list) -> dict:
+    scheduler, steps, guidance = point
+    return {"scheduler": scheduler, "steps": steps, "guidance": guidance}
+
+
+def run_point(kind: str, cfg: dict, point: list, batch: int, images: int, root: Path) -> dict:
     """One timed job (after an untimed one of a single batch that pays for compiling and warm-up)."""
     make = generate_spec if kind == "generate" else inpaint_spec
-    api.run(make(cfg, root / f"{kind}-{steps}-warm", steps, batch, 2 * batch), use_ray=False)
+    name = f"{kind}-{point[0]}-{point[1]}"
+    api.run(make(cfg, root / f"{name}-warm", point, batch, 2 * batch), use_ray=False)
     start = time.perf_counter()
-    summary = api.run(make(cfg, root / f"{kind}-{steps}", steps, batch, images), use_ray=False)
+    summary = api.run(make(cfg, root / name, point, batch, images), use_ray=False)
     seconds = time.perf_counter() - start
-    return {"steps": steps, "batch": batch, "images": summary["generated_images"], "seconds": round(seconds, 2),
+    return {**_sampler(point), "batch": batch, "images": summary["generated_images"], "seconds": round(seconds, 2),
             "images_per_s": round(summary["generated_images"] / seconds, 3)}
 
 
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="the tiny preset at tiny sizes: a dry run")
     parser.add_argument("--images", type=int, default=256, help="generated images per point (inpainting: half)")
-    parser.add_argument("--few-steps", type=int, default=8, help="the few-step point's sampling steps")
+    parser.add_argument("--few-steps", type=int, default=4, help="the few-step (lcm) point's sampling steps")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--batch-size", type=int, help="skip the memory probe (CPU: default 2)")
     parser.add_argument("--no-compile", action="store_true", help="leave the UNet uncompiled")
@@ -165,12 +175,15 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 batch = 2
             flops = count_flops(cfg["preset"], cfg[kind]["height"], cfg[kind]["width"], inpainting=kind == "inpaint")
-            for steps in cfg["steps"]:
-                row = run_point(kind, cfg, steps, batch, images[kind], root)
-                per_image = flops["unet_forward"] * steps * 2 + flops.get("vae_encode", 0) + flops["vae_decode"]
+            for point in cfg["points"][kind]:
+                scheduler, steps, guidance = point
+                row = run_point(kind, cfg, point, batch, images[kind], root)
+                passes = steps * (2 if guidance > 1 else 1)  # guidance doubles the UNet's batch
+                per_image = flops["unet_forward"] * passes + flops.get("vae_encode", 0) + flops["vae_decode"]
                 row["of_bf16_ceiling"] = round(row["images_per_s"] * per_image / ceiling, 4)
-                rows[f"{kind} {steps} steps"] = row
-                print(f"{kind:9s} {cfg[kind]['height']}x{cfg[kind]['width']} {steps:3d} steps, batch {batch:3d}: "
+                rows[f"{kind} {scheduler} {steps} steps"] = row
+                print(f"{kind:9s} {cfg[kind]['height']}x{cfg[kind]['width']} {scheduler:6s}{steps:3d} steps, "
+                      f"batch {batch:3d}: "
                       f"{row['images_per_s']:9.3f} images/s, {100 * row['of_bf16_ceiling']:6.2f} % of the bf16 "
                       f"matmul ceiling ({ceiling / 1e12:.1f} TFLOP/s)", flush=True)
     result = {"device": device_name(args.device, torch.get_num_threads()), "settings": cfg,

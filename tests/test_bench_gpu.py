@@ -34,10 +34,13 @@ def test_a_dry_run_on_the_cpu_runs_every_point(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
-    assert list(result["points"]) == ["generate 2 steps", "generate 1 steps", "inpaint 2 steps", "inpaint 1 steps"]
+    assert list(result["points"]) == ["generate dpm++ 2 steps", "generate lcm 1 steps", "inpaint ddim 2 steps",
+                                      "inpaint lcm 1 steps"]
     for row in result["points"].values():
         assert row["images"] == 4 and row["images_per_s"] > 0 and 0 < row["of_bf16_ceiling"] < 1
-    assert (tmp_path / "generate-2" / "_SUCCESS.json").is_file() and (tmp_path / "inpaint-1" / "_SUCCESS.json").is_file()
+    assert {row["guidance"] for row in result["points"].values()} == {7.5, 1.0}  # the lcm points guide nothing
+    for run in ("generate-dpm++-2", "inpaint-lcm-1"):
+        assert (tmp_path / run / "_SUCCESS.json").is_file()
     with pytest.raises(SystemExit):
         gpu.main(["--device", "cuda", "--tiny"])  # no CUDA here: one line, not a traceback
 

@@ -43,7 +43,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from factory.dive.finetune.batches import CaptionedImages
 from factory.dive.finetune.captions import identity_tokens
 from factory.dive.finetune.spec import FinetuneSpec
-from factory.dive.finetune.trainer import LORA_FILE, SteppedTraining, StepResult, _fused_unet, base_folder
+from factory.dive.finetune.trainer import LORA_FILE, SteppedTraining, _fused_unet, base_folder
 from factory.dive.finetune.trainset import FinetuneSet
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
@@ -224,9 +224,6 @@ class Distiller(SteppedTraining):
             previous = self.solver.noised(self.solver.x0(guided, noisy, start), guided, prev)  # one DDIM step
             target = self.solver.consistency(unet(previous, prev, encoder_hidden_states=text).sample, previous, prev)
         return pseudo_huber(prediction, target, self.spec.distill.huber_c)
-
-    def train_step(self) -> StepResult:
-        return self._optimizer_step(self._loss)
 
     # ---- checkpoints and export --------------------------------------------------------
 

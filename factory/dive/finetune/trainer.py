@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +60,8 @@ def base_folder(spec: FinetuneSpec) -> Path:
     if not (folder / "model_index.json").is_file():
         raise FactoryError(f"base model {folder} is not a diffusers folder (no model_index.json)")
     if spec.mode not in ("embed", "distill") and (spec.base.lora or spec.base.bank):
-        raise FactoryError("base: fine-tune from plain weights (no lora or bank); embed mode extends a bank")
+        raise FactoryError("base: fine-tune from plain weights (no lora or bank); embed mode extends a bank, "
+                           "distill mode distils a fine-tuned model")
     return folder
 
 
@@ -132,12 +133,15 @@ class SteppedTraining:
             latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
             return latents * self.vae.config.scaling_factor
 
-    def _optimizer_step(self, loss_of: Callable[[dict, torch.Generator], torch.Tensor]) -> StepResult:
-        """One optimizer step over the accumulated micro-batches; the LoRA's gradients clipped."""
+    def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError  # each trainer's objective
+
+    def train_step(self) -> StepResult:
+        """One optimizer step over the accumulated micro-batches of `_loss`; the LoRA's gradients clipped."""
         spec = self.spec
         total = 0.0
         for micro in range(spec.gradient_accumulation):
-            loss = loss_of(self._next_batch(), self._generator(micro)) / spec.gradient_accumulation
+            loss = self._loss(self._next_batch(), self._generator(micro)) / spec.gradient_accumulation
             self.accelerator.backward(loss)
             total += loss.item()
         if self.lora_params:
@@ -308,9 +312,6 @@ class Trainer(SteppedTraining):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = self.model(batch["input_ids"].to(device, non_blocking=True), noisy, timesteps)
         return F.mse_loss(prediction.float(), noise.float())
-
-    def train_step(self) -> StepResult:
-        return self._optimizer_step(self._loss)
 
     # ---- checkpoints -----------------------------------------------------------------
 
