@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from test_finetune import SPEC, make_spec
 
 from factory import api
-from factory.dive.finetune.distill import ConsistencySolver, read_lora, stack_loras
-from factory.dive.finetune.run import finetune
+from factory.dive.finetune.distill import ConsistencySolver, Distiller, read_lora, stack_loras
+from factory.dive.finetune.run import _training, finetune
 from factory.dive.finetune.spec import FinetuneSpec
 from factory.dive.spec import GenerateSpec, SamplerSpec
 from factory.models.pipeline import TextToImage
@@ -144,6 +144,23 @@ def test_a_resumed_distillation_makes_the_same_student(teacher, tmp_path):
     assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
     lines = [(part / "losses.jsonl").read_text(), (whole.parent / "losses.jsonl").read_text()]
     assert lines[0] == lines[1] and len(lines[0].splitlines()) == 4
+
+
+@pytest.mark.parametrize("cameras", ["any", "own"])
+def test_captions_name_any_camera_or_the_images_own(teacher, tmp_path, cameras):
+    """DiVE generates RGB-only people in IR: `any` distils those identity x camera pairs too."""
+    spec = distill_spec(tmp_path / "lcm", teacher, distill={"cameras": cameras})
+    trainset, codes, _ = _training(spec)
+    distiller = Distiller(spec, trainset, codes, tmp_path / "lcm")
+    market_code = codes["market:cam7"]
+    named = set()
+    for position in range(200):
+        sample = distiller.samples[position]
+        image = trainset.images[distiller.samples.epoch_order(position // len(trainset.images))[
+            position % len(trainset.images)]]
+        if image.camera == "market:cam7":
+            named |= {code for code in codes.values() if code in sample["caption"].split()}
+    assert (named == {market_code}) == (cameras == "own") and market_code in named
 
 
 def test_the_demo_spec_distils_the_fine_tune_demo():

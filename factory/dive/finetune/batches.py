@@ -39,6 +39,8 @@ class CaptionedImages(Dataset):
     ) -> None:
         self.spec, self.images = spec, trainset.images
         self.identity_tokens, self.codes, self.tokenizer = identity_tokens, codes, tokenizer
+        # Distillation may caption an image with any camera: the teacher, not the image, makes the target.
+        self.any_camera = sorted(codes) if spec.distill is not None and spec.distill.cameras == "any" else None
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation): one epoch kept per worker
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -52,7 +54,8 @@ class CaptionedImages(Dataset):
         image = self.images[self.epoch_order(epoch)[offset]]
         rng = random.Random(derive_seed(self.spec.seed, "sample", position))
         pixels = load_training_image(image.path, self.spec.width, self.spec.height, flip=rng.random() < 0.5)
-        text = caption(self.codes[image.camera], " ".join(self.identity_tokens[image.identity]), rng,
+        camera = rng.choice(self.any_camera) if self.any_camera else image.camera
+        text = caption(self.codes[camera], " ".join(self.identity_tokens[image.identity]), rng,
                        self.spec.p_identity_caption)
         ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids[0]

@@ -7,6 +7,8 @@ The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5):
   classifier-free guidance `distill.guidance` against the empty prompt.
 - Student: the teacher plus a new LoRA on the same modules. The teacher's predictions
   are the same UNet with that adapter switched off, so there is one UNet in memory.
+- Data: the fine-tune's images and captions; a caption may name any of the teacher's
+  cameras (`distill.cameras: any`), so RGB-only people are distilled in IR cameras too.
 - A skipping-step DDIM solver on the 50-point grid t_n = 20 (n + 1) - 1 (the grid
   diffusers' `LCMScheduler` samples from at inference). A sample draws n, noises its
   latent to t_n, and the guided teacher takes one DDIM step to t_{n-1}. The student's

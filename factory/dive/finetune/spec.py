@@ -50,6 +50,11 @@ class DistillSpec(Strict):
         7.5, ge=1, description="the teacher's classifier-free guidance, folded into the student (DiVE samples at 7.5)"
     )
     huber_c: float = Field(0.001, gt=0, description="the pseudo-Huber loss's c (LCM-LoRA: 0.001)")
+    cameras: Literal["any", "own"] = Field(
+        "any",
+        description="any: each caption names a camera drawn from all the teacher's codes, so the identity x camera "
+        "pairs no image shows (DiVE's RGB-only people in IR) are distilled too; own: the image's camera",
+    )
 
 
 class FinetuneSpec(Strict):
