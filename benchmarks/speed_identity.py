@@ -69,12 +69,12 @@ def point_spec(s: dive_world.Settings, models: dict[str, dict], point: str, peop
     return GenerateSpec.model_validate({**body, "output": str(out)})
 
 
-def distill_spec(s: dive_world.Settings, a: list[int], tuned: dict, steps: int, out: Path) -> FinetuneSpec:
+def distill_spec(s: dive_world.Settings, a: list[int], tuned: dict, steps: int, lr: float, out: Path) -> FinetuneSpec:
     """The fine-tune's images and captions (always naming the person, as generation does), the fine-tune as teacher."""
     body = dive_world.finetune_spec(s, a).model_dump()
     return FinetuneSpec.model_validate({
         **body, "run_id": "speed-identity-lcm", "output": str(out), "mode": "distill", "base": tuned,
-        "distill": {"guidance": s.guidance}, "p_identity_caption": 1.0, "steps": steps,
+        "distill": {"guidance": s.guidance}, "p_identity_caption": 1.0, "steps": steps, "learning_rate": lr,
         "checkpoint_every": max(1, steps // 4)})
 
 
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--distill-steps", type=int, default=1000, help="the lcm points' consistency distillation")
+    parser.add_argument("--distill-lr", type=float, default=1e-4, help="its student LoRA's learning rate")
     parser.add_argument("--quick", action="store_true", help="dive_world's quick fine-tune, 4 people, short points")
     args = parser.parse_args(argv)
     for point in args.points:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "bank": str(model_dir / "bank.safetensors"), "camera_codes": str(model_dir / "camera_codes.json")}}
     if any(parse_point(point)["scheduler"] == "lcm" for point in args.points):
         started = time.monotonic()
-        spec = distill_spec(s, a, models["tuned"], args.distill_steps, args.work / "distill")
+        spec = distill_spec(s, a, models["tuned"], args.distill_steps, args.distill_lr, args.work / "distill")
         distilled = finetune(spec, resume=True)[""]
         print(f"distillation ready in {distilled} ({time.monotonic() - started:.0f} s)", flush=True)
         models["distilled"] = {**models["tuned"], "lora": str(distilled / "lora.safetensors")}

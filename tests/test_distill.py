@@ -73,15 +73,21 @@ def test_the_solver_uses_the_conventions_lcm_samples_with():
 
 def test_stacked_loras_are_exactly_their_sum():
     g = torch.Generator().manual_seed(0)
-    first = {"m.lora.down.weight": torch.randn(3, 16, generator=g), "m.lora.up.weight": torch.randn(8, 3, generator=g)}
-    second = {"m.lora.down.weight": torch.randn(2, 16, generator=g), "m.lora.up.weight": torch.randn(8, 2, generator=g)}
+    first = {"m.lora_A.weight": torch.randn(3, 16, generator=g), "m.lora_B.weight": torch.randn(8, 3, generator=g)}
+    second = {"m.lora_A.weight": torch.randn(2, 16, generator=g), "m.lora_B.weight": torch.randn(8, 2, generator=g)}
     stacked = stack_loras(first, 0.5, second, 2.0)
 
     def delta(lora, scale):
-        return scale * lora["m.lora.up.weight"] @ lora["m.lora.down.weight"]
+        return scale * lora["m.lora_B.weight"] @ lora["m.lora_A.weight"]
 
-    assert stacked["m.lora.down.weight"].shape == (5, 16)
+    assert stacked["m.lora_A.weight"].shape == (5, 16)
     assert torch.allclose(delta(stacked, 1.0), delta(first, 0.5) + delta(second, 2.0), atol=1e-5)
+
+    conv = {"c.lora_A.weight": torch.randn(2, 4, 3, 3, generator=g), "c.lora_B.weight": torch.randn(6, 2, 1, 1, generator=g)}
+    padded = stack_loras(first, 0.5, {**second, **conv}, 2.0)  # a module only the second adapts
+    assert padded["c.lora_A.weight"].shape == (5, 4, 3, 3) and padded["c.lora_B.weight"].shape == (6, 5, 1, 1)
+    assert not padded["c.lora_B.weight"][:, :3].any()
+    assert torch.equal(padded["c.lora_B.weight"][:, 3:], 2.0 * conv["c.lora_B.weight"])
 
 
 def test_a_distilled_model_samples_in_few_steps_without_the_negative_batch(teacher, tmp_path):
@@ -93,14 +99,17 @@ def test_a_distilled_model_samples_in_few_steps_without_the_negative_batch(teach
         assert (model / name).read_bytes() == Path(teacher[name.split(".")[0]]).read_bytes()
     ours, scale = read_lora(model / "lora.safetensors")
     theirs, teacher_scale = read_lora(teacher["lora"])
-    key = next(k for k in theirs if k.endswith(".lora.down.weight"))
+    key = next(k for k in theirs if k.endswith(".lora_A.weight"))
     rank = theirs[key].shape[0]
     assert scale == 1.0 and ours[key].shape[0] == rank + 2  # the teacher's rank plus the student's
     assert torch.equal(ours[key][:rank], theirs[key])
-    module = key.removesuffix(".lora.down.weight")
-    up = module + ".lora.up.weight"
+    module = key.removesuffix(".lora_A.weight")
+    up = module + ".lora_B.weight"
     assert torch.allclose(ours[up][:, :rank], theirs[up] * teacher_scale)
     assert ours[up][:, rank:].abs().sum() > 0  # the student learned something
+    conv = next(k for k in ours if k.endswith("resnets.0.conv1.lora_B.weight"))
+    assert conv.removesuffix(".lora_B.weight") + ".lora_A.weight" not in theirs  # DiVE adapts attention only
+    assert not ours[conv][:, :rank].any() and ours[conv][:, rank:].any()  # the student also adapts convolutions
 
     # Plain diffusers reads the stacked LoRA at its stored scale: W + up @ down.
     pipe = StableDiffusionPipeline.from_pretrained(preset_path("tiny"), safety_checker=None, local_files_only=True)

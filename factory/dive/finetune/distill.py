@@ -5,8 +5,9 @@ The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5):
 - Teacher: the fine-tuned model as generation uses it: the base UNet with the DiVE LoRA
   fused in, the bank's identity tokens and the camera codes, sampled with
   classifier-free guidance `distill.guidance` against the empty prompt.
-- Student: the teacher plus a new LoRA on the same modules. The teacher's predictions
-  are the same UNet with that adapter switched off, so there is one UNet in memory.
+- Student: the teacher plus a new LoRA on LCM-LoRA's modules (attention, feed-forward,
+  every ResNet convolution and time projection). The teacher's predictions are the same
+  UNet with that adapter switched off, so there is one UNet in memory.
 - Data: the fine-tune's images and captions; a caption may name any of the teacher's
   cameras (`distill.cameras: any`), so RGB-only people are distilled in IR cameras too.
 - A skipping-step DDIM solver on the 50-point grid t_n = 20 (n + 1) - 1 (the grid
@@ -20,7 +21,7 @@ The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5):
 
 Guidance is folded in: the student samples with `guidance: 1`, one UNet pass per step.
 The export stacks the DiVE LoRA and the new one into one LoRA of rank r1 + r2 whose
-product is exactly their sum, beside the teacher's bank and camera codes: a model
+product is exactly their sum (zeros where only one adapts a module), beside the teacher's bank and camera codes: a model
 folder any generation spec names, with `sampler: {scheduler: lcm, steps: 4}`.
 """
 
@@ -34,7 +35,6 @@ import torch
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
@@ -55,7 +55,8 @@ from factory.seeds import derive_seed
 SOLVER_STEPS = 50  # the DDIM grid; LCMScheduler's `original_inference_steps` default, which generation uses
 TIMESTEP_SCALING = 10.0  # LCMScheduler's default `timestep_scaling`
 SIGMA_DATA = 0.5  # the boundary condition's sigma_data (LCM)
-DOWN, UP = ".lora.down.weight", ".lora.up.weight"  # diffusers' names for LoRA's A and B
+DOWN, UP = ".lora_A.weight", ".lora_B.weight"  # peft's names, which diffusers loads for every module kind
+_DIFFUSERS_NAMES = {".lora.down.weight": DOWN, ".lora.up.weight": UP}  # what it writes for attention
 
 
 class ConsistencySolver:
@@ -99,8 +100,16 @@ def pseudo_huber(prediction: torch.Tensor, target: torch.Tensor, c: float) -> to
 # ---- the teacher's LoRA, and the stacked export ------------------------------------------
 
 
+def _peft_name(key: str) -> str:
+    key = key.removeprefix("unet.")
+    for suffix, name in _DIFFUSERS_NAMES.items():
+        if key.endswith(suffix):
+            return key.removesuffix(suffix) + name
+    return key
+
+
 def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], float]:
-    """A diffusers UNet LoRA file: (its tensors without the "unet." prefix, its scale alpha / r)."""
+    """A diffusers UNet LoRA file: (its tensors, named as peft names them, its scale alpha / r)."""
     tensors = load_file(path)
     if any(not key.startswith("unet.") for key in tensors):
         raise FactoryError(f"LoRA {path}: distillation takes a UNet-only LoRA (this one also adapts the text encoder)")
@@ -109,8 +118,8 @@ def read_lora(path: str | Path) -> tuple[dict[str, torch.Tensor], float]:
     config = {key.removeprefix("unet."): value for key, value in meta.items()}
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora"):
         raise FactoryError(f"LoRA {path}: per-module ranks, alphas or DoRA cannot be stacked; distil a plain LoRA")
-    tensors = {key.removeprefix("unet."): value for key, value in tensors.items()}
-    rank = next(value.shape[0] for key, value in tensors.items() if key.endswith(DOWN))
+    tensors = {_peft_name(key): value for key, value in tensors.items()}
+    rank = _rank(tensors)
     return tensors, float(config.get("lora_alpha", rank)) / float(config.get("r", rank))
 
 
@@ -118,19 +127,30 @@ def lora_modules(tensors: dict[str, torch.Tensor]) -> list[str]:
     return sorted(key.removesuffix(DOWN) for key in tensors if key.endswith(DOWN))
 
 
+def _rank(lora: dict[str, torch.Tensor]) -> int:
+    return next(value.shape[0] for key, value in lora.items() if key.endswith(DOWN))
+
+
 def stack_loras(first: dict[str, torch.Tensor], first_scale: float, second: dict[str, torch.Tensor],
                 second_scale: float) -> dict[str, torch.Tensor]:
-    """Two LoRAs on the same modules as one of rank r1 + r2 and scale 1.
+    """Two LoRAs as one of rank r1 + r2 and scale 1, on the union of their modules.
 
-    s1 B1 A1 + s2 B2 A2 = [s1 B1, s2 B2] [A1; A2]: the product is exactly the sum.
+    s1 B1 A1 + s2 B2 A2 = [s1 B1, s2 B2] [A1; A2]: the product is exactly the sum. A module
+    only one of them adapts gets zeros in the other's place (Linear and Conv2d alike).
     """
-    if lora_modules(first) != lora_modules(second):
-        raise FactoryError("the LoRAs to stack adapt different modules")
     stacked = {}
-    for module in lora_modules(first):
-        stacked[module + DOWN] = torch.cat([first[module + DOWN].float(), second[module + DOWN].float()])
-        stacked[module + UP] = torch.cat([first[module + UP].float() * first_scale,
-                                          second[module + UP].float() * second_scale], dim=1)
+    for module in sorted(set(lora_modules(first)) | set(lora_modules(second))):
+        like = first if module + DOWN in first else second
+        down, up = like[module + DOWN].float(), like[module + UP].float()
+        parts = []
+        for lora, scale in ((first, first_scale), (second, second_scale)):
+            if module + DOWN in lora:
+                parts.append((lora[module + DOWN].float(), lora[module + UP].float() * scale))
+            else:
+                rank = _rank(lora)
+                parts.append((down.new_zeros((rank, *down.shape[1:])), up.new_zeros((up.shape[0], rank, *up.shape[2:]))))
+        stacked[module + DOWN] = torch.cat([a for a, _ in parts])
+        stacked[module + UP] = torch.cat([b for _, b in parts], dim=1)
     return stacked
 
 
@@ -166,7 +186,8 @@ class Distiller(SteppedTraining):
             model.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # peft draws the LoRA's initial A from the global RNG
             torch.manual_seed(derive_seed(spec.seed, "lora-init"))
-            unet.add_adapter(self.student_config(spec.lora_rank, spec.lora_alpha or spec.lora_rank))
+            unet.add_adapter(LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha or spec.lora_rank,
+                                        init_lora_weights="gaussian", target_modules=spec.distill.lora_targets))
         device = self.accelerator.device
         for frozen in (self.vae, unet, self.text_encoder):
             frozen.to(device) if self.weight_dtype == torch.float32 else frozen.to(device, dtype=self.weight_dtype)
@@ -184,10 +205,6 @@ class Distiller(SteppedTraining):
     @property
     def unet(self) -> UNet2DConditionModel:
         return self.accelerator.unwrap_model(self.model)
-
-    def student_config(self, rank: int, alpha: float) -> LoraConfig:
-        return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                          target_modules=lora_modules(self.teacher_lora))
 
     def _add_identity_tokens(self, bank: IdentityBank) -> dict[int, list[str]]:
         """Each training identity's tokens, with the rows the fine-tune learned for its (dataset, pid)."""
@@ -244,12 +261,13 @@ class Distiller(SteppedTraining):
     def export_lora(self, path: Path) -> None:
         """The DiVE LoRA and the student's, stacked: one file a generation spec's `lora` names."""
         spec = self.spec
-        student = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+        student = get_peft_model_state_dict(self.unet)
         alpha = spec.lora_alpha or spec.lora_rank
         stacked = stack_loras(self.teacher_lora, self.teacher_scale, student, alpha / spec.lora_rank)
-        rank = next(v.shape[0] for k, v in stacked.items() if k.endswith(DOWN))
+        rank = _rank(stacked)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=lora_modules(stacked))  # scale 1: folded into B
         StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=stacked, weight_name=path.name,
-                                                  unet_lora_adapter_metadata=self.student_config(rank, rank).to_dict())
+                                                  unet_lora_adapter_metadata=config.to_dict())
 
 
 def export_distilled(distiller: Distiller, folder: Path, fingerprint: str, final_loss: float | None) -> Path:

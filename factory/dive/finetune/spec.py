@@ -43,6 +43,13 @@ class NewIdentitiesSpec(Strict):
     first_id: int | None = Field(None, ge=0, description="default: after the bank's largest identity")
 
 
+# LCM-LoRA's modules: attention, the transformer blocks' projections and feed-forward, every
+# ResNet convolution and time projection, and the resamplers. Attention alone cannot change how
+# the UNet reads the timestep, which a consistency model must.
+LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                    "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+
+
 class DistillSpec(Strict):
     """Distil mode: latent consistency distillation of a fine-tuned model into a few-step LoRA (LCM-LoRA)."""
 
@@ -50,6 +57,8 @@ class DistillSpec(Strict):
         7.5, ge=1, description="the teacher's classifier-free guidance, folded into the student (DiVE samples at 7.5)"
     )
     huber_c: float = Field(0.001, gt=0, description="the pseudo-Huber loss's c (LCM-LoRA: 0.001)")
+    lora_targets: list[str] = Field(default_factory=lambda: list(LCM_LORA_TARGETS),
+                                    description="the student LoRA's modules (LCM-LoRA's); its rank is lora_rank")
     cameras: Literal["any", "own"] = Field(
         "any",
         description="any: each caption names a camera drawn from all the teacher's codes, so the identity x camera "
