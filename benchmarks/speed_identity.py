@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--distill-steps", type=int, default=1000, help="the lcm points' consistency distillation")
-    parser.add_argument("--distill-lr", type=float, default=1e-4, help="its student LoRA's learning rate")
+    parser.add_argument("--distill-lr", type=float, default=3e-4, help="its student LoRA's learning rate")
     parser.add_argument("--quick", action="store_true", help="dive_world's quick fine-tune, 4 people, short points")
     args = parser.parse_args(argv)
     for point in args.points:
