@@ -1,7 +1,7 @@
 """Job specs: YAML files validated by pydantic before any work starts.
 
 A bad spec fails with one line naming the field and what it should be, e.g.
-`demo.yaml: sampler.scheduler: Input should be 'ddim', 'dpm++' or 'euler_a'`.
+`demo.yaml: sampler.scheduler: Input should be 'ddim', 'dpm++', 'euler_a' or 'lcm'`.
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def test_every_scheduler_runs_at_the_requested_size(model, vectors, scheduler):
 
 
 def test_generate_rejects_bad_requests(model, vectors):
-    with pytest.raises(FactoryError, match=r"unknown scheduler 'plms' \(choose from ddim, dpm\+\+, euler_a\)"):
+    with pytest.raises(FactoryError, match=r"unknown scheduler 'plms' \(choose from ddim, dpm\+\+, euler_a, lcm\)"):
         model.generate([PROMPT], vectors[:1], [0], scheduler="plms", **SMALL)
     with pytest.raises(FactoryError, match=r"identity vector 0 has shape \(31,\), the model needs \(32,\)"):
         model.generate([PROMPT], [np.zeros(31)], [0], **SMALL)
