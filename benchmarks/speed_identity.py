@@ -8,10 +8,11 @@ camera codes and UNet LoRA; its fine-tune stage is reused from `--dive-work`, or
 there first). The `lcm` points sample its consistency distillation (`factory finetune`
 mode distill: a student LoRA trained `--distill-steps` steps on the fine-tune's images
 against the fine-tuned model guided at `--guidance`, cached in `--work`/distill), with
-no guidance of their own: one UNet pass per step instead of two. Every point of the sweep generates B's IR images with it (the Market-world
-people it fine-tuned on, whose real RGB pairs each image), the same people, seeds and
-cameras at every point, through the factory's generation code in process (no Ray), and
-is timed from spec to `_SUCCESS.json`. The identity oracle then scores each point's run
+no guidance of their own: one UNet pass per step instead of two. Every point of the
+sweep generates B's IR images (the Market-world people the model fine-tuned on, whose
+real RGB pairs each image), the same people, seeds and cameras at every point, through
+the factory's generation code in process (no Ray), and is timed from spec to
+`_SUCCESS.json`. The identity oracle then scores each point's run
 as `factory identity` does: ROC AUC of same-person vs other-person RGB-IR cosines and
 RGB->IR rank-1. The reference point is DiVE's own setting (DPM-Solver++, 50 steps); a
 point is written SCHEDULER:STEPS[:DTYPE] (schedulers: dpm++, ddim, euler_a, lcm; dtype
@@ -110,8 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     s = dive_world.Settings(work=args.dive_work, base="world", guidance=args.guidance, jobs=1, **options)
     a = dive_world.a_pids(s, dive_world.load_dataset(s.sysu)["train"])
     model_dir = finetune(dive_world.finetune_spec(s, a), resume=True)[""]
-    models = {"tuned": {"preset": "world", "lora": str(model_dir / "lora.safetensors"),
-                        "bank": str(model_dir / "bank.safetensors"), "camera_codes": str(model_dir / "camera_codes.json")}}
+    tuned = {"preset": "world", "lora": str(model_dir / "lora.safetensors"),
+             "bank": str(model_dir / "bank.safetensors"), "camera_codes": str(model_dir / "camera_codes.json")}
+    models = {"tuned": tuned}
     if any(parse_point(point)["scheduler"] == "lcm" for point in args.points):
         started = time.monotonic()
         spec = distill_spec(s, a, models["tuned"], args.distill_steps, args.distill_lr, args.work / "distill")

@@ -83,7 +83,8 @@ def test_stacked_loras_are_exactly_their_sum():
     assert stacked["m.lora_A.weight"].shape == (5, 16)
     assert torch.allclose(delta(stacked, 1.0), delta(first, 0.5) + delta(second, 2.0), atol=1e-5)
 
-    conv = {"c.lora_A.weight": torch.randn(2, 4, 3, 3, generator=g), "c.lora_B.weight": torch.randn(6, 2, 1, 1, generator=g)}
+    conv = {"c.lora_A.weight": torch.randn(2, 4, 3, 3, generator=g),
+            "c.lora_B.weight": torch.randn(6, 2, 1, 1, generator=g)}
     padded = stack_loras(first, 0.5, {**second, **conv}, 2.0)  # a module only the second adapts
     assert padded["c.lora_A.weight"].shape == (5, 4, 3, 3) and padded["c.lora_B.weight"].shape == (6, 5, 1, 1)
     assert not padded["c.lora_B.weight"][:, :3].any()

@@ -341,7 +341,8 @@ class UNetStage:
 
     # A checkpoint: the weights, the EMA, the optimizer and the step (`save_checkpoint`).
     def _checkpoint(self) -> tuple[Path, dict[str, torch.nn.Module], dict]:
-        return self.work / "unet-checkpoint", {"unet": self.unet, "text": self.text_encoder}, {"config": asdict(self.cfg)}
+        modules = {"unet": self.unet, "text": self.text_encoder}
+        return self.work / "unet-checkpoint", modules, {"config": asdict(self.cfg)}
 
     def save(self) -> None:
         folder, modules, settings = self._checkpoint()

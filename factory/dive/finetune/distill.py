@@ -148,7 +148,8 @@ def stack_loras(first: dict[str, torch.Tensor], first_scale: float, second: dict
                 parts.append((lora[module + DOWN].float(), lora[module + UP].float() * scale))
             else:
                 rank = _rank(lora)
-                parts.append((down.new_zeros((rank, *down.shape[1:])), up.new_zeros((up.shape[0], rank, *up.shape[2:]))))
+                zeros = down.new_zeros((rank, *down.shape[1:])), up.new_zeros((up.shape[0], rank, *up.shape[2:]))
+                parts.append(zeros)
         stacked[module + DOWN] = torch.cat([a for a, _ in parts])
         stacked[module + UP] = torch.cat([b for _, b in parts], dim=1)
     return stacked
