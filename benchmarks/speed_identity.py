@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     models = {"tuned": tuned}
     if any(parse_point(point)["scheduler"] == "lcm" for point in args.points):
         started = time.monotonic()
-        spec = distill_spec(s, a, models["tuned"], args.distill_steps, args.distill_lr, args.work / "distill")
+        spec = distill_spec(s, a, tuned, args.distill_steps, args.distill_lr, args.work / "distill")
         distilled = finetune(spec, resume=True)[""]
         print(f"distillation ready in {distilled} ({time.monotonic() - started:.0f} s)", flush=True)
-        models["distilled"] = {**models["tuned"], "lora": str(distilled / "lora.safetensors")}
+        models["distilled"] = {**tuned, "lora": str(distilled / "lora.safetensors")}
 
     # Untimed: the first run in a process pays for imports, kernel choices and the first model load.
     api.run(point_spec(s, models, REFERENCE, 1, args.work / "warm-up").model_copy(update={"images_per_identity": 1}),
