@@ -164,7 +164,7 @@ def test_dlcr_variants_are_scored_against_their_sources_and_the_gate_trims_them(
     from factory import api
     from factory.datasets import load_dataset
     from factory.dlcr.spec import InpaintSpec
-    from factory.reid.data import relative_name, variant_part
+    from factory.reid.data import ReidDataError, relative_name, variant_part
     from factory.reid.images import StoredImages
     from factory.reid.oracle import load_reid
     from factory.reid.train import extract_images
@@ -197,6 +197,8 @@ def test_dlcr_variants_are_scored_against_their_sources_and_the_gate_trims_them(
     kept, _ = variant_part(uri, names, min_identity_score=threshold)
     assert len(kept.uris) == sum(s >= threshold for s in scores) and 0 < len(kept.uris) < len(scores)
     assert len(variant_part(uri, names)[0].uris) == len(scores)
+    with pytest.raises(ReidDataError, match=r"no variant has identity_score >= 2 .*factory score"):
+        variant_part(uri, names, min_identity_score=2.0)  # above any cosine: one line naming the gate
 
 
 def _decoded(run: Run, table, size: tuple[int, int]) -> list:

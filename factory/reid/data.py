@@ -183,6 +183,9 @@ def variant_part(uri: str, names: Sequence[str], min_identity_score: float | Non
     rows = Run(uri).dataset(columns=columns, filter=gate).to_table().to_pylist()
     found = sorted((_parent_name(r["parent"]), r["shard_uri"], r["member"], r["offset"], r["size"], r["sha256"])
                    for r in rows if r["parent"] and _parent_name(r["parent"]) in index)
+    if not found and gate is not None:
+        raise ReidDataError(f"{uri}: no variant has identity_score >= {min_identity_score:g} "
+                            f"(variants.min_identity_score; an unscored run has none: `factory score {uri}` first)")
     if not found:
         example = next((r["parent"] for r in rows if r["parent"]), None)
         raise ReidDataError(
