@@ -32,7 +32,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -165,10 +164,7 @@ class Distiller(SteppedTraining):
 
     def __init__(self, spec: FinetuneSpec, trainset: FinetuneSet, codes: dict[str, str], out: Path) -> None:
         self.spec, self.trainset, self.out = spec, trainset, out
-        cuda = torch.cuda.is_available()
-        precision = spec.mixed_precision if spec.mixed_precision != "auto" else ("bf16" if cuda else "no")
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
-        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self._set_up_accelerator()
         folder = base_folder(spec)
 
         def part(cls, name):

@@ -96,7 +96,7 @@ class StepResult:
 class SteppedTraining:
     """What every `factory finetune` trainer shares: the batch stream, the step count, the latents, checkpoints.
 
-    A subclass sets `spec`, `out`, `accelerator`, `vae`, `weight_dtype`, `samples` and
+    A subclass calls `_set_up_accelerator()`, sets `spec`, `out`, `vae`, `samples` and
     `step`, registers accelerate's save/load hooks for what it trains, and names in
     `checkpoint_files` the files a checkpoint of this release must hold.
     """
@@ -112,6 +112,13 @@ class SteppedTraining:
     lora_params: list[nn.Parameter]
     checkpoint_files: tuple[str, ...] = ()
     _batches: Iterator[dict] | None = None
+
+    def _set_up_accelerator(self) -> None:
+        """accelerate for this machine, and the frozen weights' dtype: `mixed_precision` auto is bf16 on a GPU."""
+        cuda = torch.cuda.is_available()
+        precision = self.spec.mixed_precision if self.spec.mixed_precision != "auto" else ("bf16" if cuda else "no")
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
     def _next_batch(self) -> dict:
         """The next micro-batch; the loader starts at the current step (so after a resume, where it left off)."""
@@ -191,10 +198,7 @@ class Trainer(SteppedTraining):
 
     def __init__(self, spec: FinetuneSpec, trainset: FinetuneSet, codes: dict[str, str], out: Path) -> None:
         self.spec, self.trainset, self.codes, self.out = spec, trainset, codes, out
-        cuda = torch.cuda.is_available()
-        precision = spec.mixed_precision if spec.mixed_precision != "auto" else ("bf16" if cuda else "no")
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
-        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self._set_up_accelerator()
         folder = base_folder(spec)
 
         def part(cls, name):
@@ -239,7 +243,7 @@ class Trainer(SteppedTraining):
                 )
         device = self.accelerator.device
         for frozen in (self.vae, unet):  # frozen weights in the mixed-precision dtype
-            frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, dtype=weight_dtype)
+            frozen.to(device) if self.weight_dtype == torch.float32 else frozen.to(device, dtype=self.weight_dtype)
         text_encoder.to(device)
         cast_training_params(unet, dtype=torch.float32)  # LoRA weights train in fp32
         self.lora_params = [p for p in unet.parameters() if p.requires_grad]
@@ -250,7 +254,6 @@ class Trainer(SteppedTraining):
         self.model, self.optimizer = self.accelerator.prepare(TextToNoise(text_encoder, unet), optimizer)
         self.accelerator.register_save_state_pre_hook(self._save_trained)
         self.accelerator.register_load_state_pre_hook(self._load_trained)
-        self.weight_dtype = weight_dtype
         self.samples = CaptionedImages(spec, trainset, self.identity_tokens, codes, self.tokenizer)
         self.step = 0
 
