@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from factory.errors import FactoryError
 
@@ -43,6 +43,16 @@ def default_guidance(scheduler: str) -> float:
     negative batch; guidance above 1 would guide it a second time, at twice the cost.
     """
     return 1.0 if scheduler == "lcm" else 7.5
+
+
+class GuidedSampler(Strict):
+    """A sampler spec whose `guidance`, when left out, follows its `scheduler` (`default_guidance`)."""
+
+    @model_validator(mode="after")
+    def _guidance(self):
+        if self.guidance is None:
+            self.guidance = default_guidance(self.scheduler)
+        return self
 
 
 # Sampler settings that came after runs were already being made: left out of a run's

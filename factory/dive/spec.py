@@ -7,18 +7,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import ModelRef
-from factory.spec import (
-    PERFORMANCE_DEFAULTS,
-    QualitySpec,
-    ResourcesSpec,
-    Strict,
-    default_guidance,
-    drop_defaults,
-)
+from factory.spec import PERFORMANCE_DEFAULTS, GuidedSampler, QualitySpec, ResourcesSpec, Strict, drop_defaults
 from manifests.schema import MODALITIES
 
 
-class SamplerSpec(Strict):
+class SamplerSpec(GuidedSampler):
     """How images are sampled. Defaults are DiVE's generation settings (docs/METHODS.md §2.3)."""
 
     scheduler: Literal["ddim", "dpm++", "euler_a", "lcm"] = Field(
@@ -36,11 +29,6 @@ class SamplerSpec(Strict):
     compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
     image_format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
-
-    @model_validator(mode="after")
-    def _guidance(self) -> SamplerSpec:
-        self.guidance = default_guidance(self.scheduler) if self.guidance is None else self.guidance
-        return self
 
 
 class ModalitySpec(Strict):

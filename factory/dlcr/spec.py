@@ -11,14 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import FINE_TUNED_PARTS, ModelRef
-from factory.spec import (
-    PERFORMANCE_DEFAULTS,
-    QualitySpec,
-    ResourcesSpec,
-    Strict,
-    default_guidance,
-    drop_defaults,
-)
+from factory.spec import PERFORMANCE_DEFAULTS, GuidedSampler, QualitySpec, ResourcesSpec, Strict, drop_defaults
 
 
 class SourceSpec(Strict):
@@ -100,7 +93,7 @@ class WardrobeSpec(Strict):
         return self
 
 
-class InpaintSamplerSpec(Strict):
+class InpaintSamplerSpec(GuidedSampler):
     scheduler: Literal["ddim", "dpm++", "euler_a", "lcm"] = Field(
         "ddim", description="lcm: a consistency-distilled inpainting model (e.g. LCM-LoRA fused into it), 2-8 steps"
     )
@@ -114,11 +107,6 @@ class InpaintSamplerSpec(Strict):
     batch_size: int = Field(5, ge=1, description="variants per pipeline call")
     channels_last: bool = Field(False, description="UNet and VAE weights in NHWC (faster on GPU tensor cores)")
     compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
-
-    @model_validator(mode="after")
-    def _guidance(self) -> InpaintSamplerSpec:
-        self.guidance = default_guidance(self.scheduler) if self.guidance is None else self.guidance
-        return self
 
 
 class InpaintSpec(Strict):
