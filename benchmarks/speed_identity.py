@@ -70,12 +70,13 @@ def point_spec(s: dive_world.Settings, models: dict[str, dict], point: str, peop
     return GenerateSpec.model_validate({**body, "output": str(out)})
 
 
-def distill_spec(s: dive_world.Settings, a: list[int], tuned: dict, steps: int, lr: float, out: Path) -> FinetuneSpec:
+def distill_spec(s: dive_world.Settings, a: list[int], tuned: dict, steps: int, lr: float, ema: float,
+                 out: Path) -> FinetuneSpec:
     """The fine-tune's images and captions (always naming the person, as generation does), the fine-tune as teacher."""
     body = dive_world.finetune_spec(s, a).model_dump()
     return FinetuneSpec.model_validate({
         **body, "run_id": "speed-identity-lcm", "output": str(out), "mode": "distill", "base": tuned,
-        "distill": {"guidance": s.guidance}, "p_identity_caption": 1.0, "steps": steps, "learning_rate": lr,
+        "distill": {"guidance": s.guidance, "target_ema": ema}, "p_identity_caption": 1.0, "steps": steps, "learning_rate": lr,
         "checkpoint_every": max(1, steps // 4)})
 
 
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--distill-steps", type=int, default=1000, help="the lcm points' consistency distillation")
     parser.add_argument("--distill-lr", type=float, default=3e-4, help="its student LoRA's learning rate")
+    parser.add_argument("--distill-ema", type=float, default=0.0,
+                        help="its target's EMA decay (0: the student is its own target, as LCM-LoRA)")
     parser.add_argument("--quick", action="store_true", help="dive_world's quick fine-tune, 4 people, short points")
     args = parser.parse_args(argv)
     for point in args.points:
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     models = {"tuned": tuned}
     if any(parse_point(point)["scheduler"] == "lcm" for point in args.points):
         started = time.monotonic()
-        spec = distill_spec(s, a, tuned, args.distill_steps, args.distill_lr, args.work / "distill")
+        spec = distill_spec(s, a, tuned, args.distill_steps, args.distill_lr, args.distill_ema,
+                           args.work / "distill")
         distilled = finetune(spec, resume=True)[""]
         print(f"distillation ready in {distilled} ({time.monotonic() - started:.0f} s)", flush=True)
         models["distilled"] = {**tuned, "lora": str(distilled / "lora.safetensors")}

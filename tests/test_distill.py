@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -141,19 +142,48 @@ def test_a_distilled_model_samples_in_few_steps_without_the_negative_batch(teach
     assert shas[0] == shas[1] and len(set(shas[0])) == 4  # reproduced to the byte, and every image its own
 
 
-def test_a_resumed_distillation_makes_the_same_student(teacher, tmp_path):
-    whole = finetune(distill_spec(tmp_path / "whole", teacher))[""]
+@pytest.mark.parametrize("target_ema", [0.0, 0.5])
+def test_a_resumed_distillation_makes_the_same_student(teacher, tmp_path, target_ema):
+    """With an EMA target the steps after the resume use the checkpointed target: same losses, same bytes."""
+    spec = partial(distill_spec, teacher=teacher, distill={"target_ema": target_ema})
+    whole = finetune(spec(tmp_path / "whole"))[""]
     part = tmp_path / "part"
-    finetune(distill_spec(part, teacher))
+    finetune(spec(part))
     shutil.rmtree(part / "model")
     shutil.rmtree(part / "checkpoints" / "step-00000004")  # as if killed after step 2's checkpoint
 
-    finetune(distill_spec(part, teacher), resume=True)
+    finetune(spec(part), resume=True)
 
     ours, reference = load_file(part / "model" / "lora.safetensors"), load_file(whole / "lora.safetensors")
     assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
     lines = [(part / "losses.jsonl").read_text(), (whole.parent / "losses.jsonl").read_text()]
     assert lines[0] == lines[1] and len(lines[0].splitlines()) == 4
+
+
+def test_the_ema_target_trails_the_student(teacher, tmp_path):
+    """LCM's target network: after each step, target <- decay * target + (1 - decay) * student."""
+    spec = distill_spec(tmp_path / "lcm", teacher, distill={"target_ema": 0.9})
+    trainset, codes, _ = _training(spec)
+    distiller = Distiller(spec, trainset, codes, tmp_path / "lcm")
+    student = {name: p for name, p in distiller.unet.named_parameters() if p.requires_grad}
+    assert distiller.target.keys() == student.keys()
+    assert all(torch.equal(distiller.target[k], student[k]) for k in student)  # it starts as the student
+    expected = {k: v.clone() for k, v in distiller.target.items()}
+    for _ in range(2):
+        distiller.train_step()
+        expected = {k: 0.9 * v + 0.1 * student[k].detach() for k, v in expected.items()}
+    assert all(torch.allclose(distiller.target[k], expected[k], atol=1e-7) for k in student)
+    ups = [k for k in student if "lora_B" in k]
+    assert any(not torch.equal(distiller.target[k], student[k]) for k in ups)  # it trails, not copies
+
+    batch = distiller._next_batch()
+    x, t = torch.randn(2, 4, 8, 4), torch.tensor([99, 499])
+    text = distiller._encode(batch["input_ids"][:2])
+    with torch.no_grad():
+        ours = distiller._target_eps(x, t, text)
+        distiller.target = None
+        students = distiller._target_eps(x, t, text)
+    assert not torch.allclose(ours, students)  # the target pass runs the EMA weights, not the student's
 
 
 @pytest.mark.parametrize("cameras", ["any", "own"])

@@ -14,9 +14,10 @@ The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5):
   diffusers' `LCMScheduler` samples from at inference). A sample draws n, noises its
   latent to t_n, and the guided teacher takes one DDIM step to t_{n-1}. The student's
   consistency function f(x, t) = c_skip(t) x + c_out(t) x0(x, t) at (x_{t_n}, t_n) must
-  match f at (x_{t_{n-1}}, t_{n-1}), computed by the student itself without gradient
-  (LCM-LoRA keeps no EMA copy). c_skip and c_out are LCMScheduler's (sigma_data 0.5,
-  timestep scaling 10), f(x, 0) = x.
+  match f at (x_{t_{n-1}}, t_{n-1}), computed without gradient by the student itself
+  (LCM-LoRA) or, with `distill.target_ema` > 0, by an exponential moving average of the
+  student's LoRA (LCM's target network). c_skip and c_out are LCMScheduler's (sigma_data
+  0.5, timestep scaling 10), f(x, 0) = x.
 - Loss: pseudo-Huber, sqrt((a - b)^2 + c^2) - c, c = `distill.huber_c`.
 
 Guidance is folded in: the student samples with `guidance: 1`, one UNet pass per step.
@@ -39,12 +40,13 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.func import functional_call
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from factory.dive.finetune.batches import CaptionedImages
 from factory.dive.finetune.captions import identity_tokens
 from factory.dive.finetune.spec import FinetuneSpec
-from factory.dive.finetune.trainer import LORA_FILE, SteppedTraining, _fused_unet, base_folder
+from factory.dive.finetune.trainer import LORA_FILE, StepResult, SteppedTraining, _fused_unet, base_folder
 from factory.dive.finetune.trainset import FinetuneSet
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
@@ -56,6 +58,7 @@ TIMESTEP_SCALING = 10.0  # LCMScheduler's default `timestep_scaling`
 SIGMA_DATA = 0.5  # the boundary condition's sigma_data (LCM)
 DOWN, UP = ".lora_A.weight", ".lora_B.weight"  # peft's names, which diffusers loads for every module kind
 _DIFFUSERS_NAMES = {".lora.down.weight": DOWN, ".lora.up.weight": UP}  # what it writes for attention
+TARGET_FILE = "target_lora.safetensors"  # a checkpoint's EMA target, with distill.target_ema
 
 
 class ConsistencySolver:
@@ -160,8 +163,6 @@ def stack_loras(first: dict[str, torch.Tensor], first_scale: float, second: dict
 class Distiller(SteppedTraining):
     """The student LoRA's training against the guided teacher, stepped by `train_step()` like `Trainer`."""
 
-    checkpoint_files = (LORA_FILE,)
-
     def __init__(self, spec: FinetuneSpec, trainset: FinetuneSet, codes: dict[str, str], out: Path) -> None:
         self.spec, self.trainset, self.out = spec, trainset, out
         self._set_up_accelerator()
@@ -190,6 +191,11 @@ class Distiller(SteppedTraining):
             frozen.to(device) if self.weight_dtype == torch.float32 else frozen.to(device, dtype=self.weight_dtype)
         cast_training_params(unet, dtype=torch.float32)  # the student's LoRA trains in fp32
         self.lora_params = [p for p in unet.parameters() if p.requires_grad]
+        # The EMA target starts as the student (a LoRA at B = 0: the teacher itself).
+        self.target: dict[str, torch.Tensor] | None = None
+        if spec.distill.target_ema:
+            self.target = {name: p.detach().clone() for name, p in unet.named_parameters() if p.requires_grad}
+        self.checkpoint_files = (LORA_FILE, TARGET_FILE) if self.target else (LORA_FILE,)
         optimizer = torch.optim.AdamW(self.lora_params, lr=spec.learning_rate, betas=(0.9, 0.999),
                                       weight_decay=spec.weight_decay, eps=1e-8)
         self.model, self.optimizer = self.accelerator.prepare(unet, optimizer)
@@ -238,8 +244,23 @@ class Distiller(SteppedTraining):
             cond, uncond = both.chunk(2)
             guided = uncond + w * (cond - uncond)
             previous = self.solver.noised(self.solver.x0(guided, noisy, start), guided, prev)  # one DDIM step
-            target = self.solver.consistency(unet(previous, prev, encoder_hidden_states=text).sample, previous, prev)
+            target = self.solver.consistency(self._target_eps(previous, prev, text), previous, prev)
         return pseudo_huber(prediction, target, self.spec.distill.huber_c)
+
+    def _target_eps(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The target's noise prediction: the student's, or its EMA LoRA's in place of the student's."""
+        if self.target is None:
+            return self.unet(x, t, encoder_hidden_states=text).sample
+        return functional_call(self.unet, self.target, (x, t), {"encoder_hidden_states": text}).sample
+
+    def train_step(self) -> StepResult:
+        result = super().train_step()
+        if self.target is not None:
+            with torch.no_grad():
+                for name, weight in self.unet.named_parameters():
+                    if name in self.target:
+                        self.target[name].lerp_(weight, 1 - self.spec.distill.target_ema)
+        return result
 
     # ---- checkpoints and export --------------------------------------------------------
 
@@ -249,10 +270,15 @@ class Distiller(SteppedTraining):
     def _save_trained(self, models: list[nn.Module], weights: list[dict], folder: str) -> None:
         if self.accelerator.is_main_process:
             save_file(self.lora_state(), Path(folder) / LORA_FILE)
+            if self.target is not None:
+                save_file({k: v.contiguous() for k, v in self.target.items()}, Path(folder) / TARGET_FILE)
         weights.clear()
 
     def _load_trained(self, models: list[nn.Module], folder: str) -> None:
         set_peft_model_state_dict(self.unet, load_file(Path(folder) / LORA_FILE))
+        if self.target is not None:
+            device = self.accelerator.device
+            self.target = {k: v.to(device) for k, v in load_file(Path(folder) / TARGET_FILE).items()}
         models.clear()
 
     def export_lora(self, path: Path) -> None:
@@ -283,7 +309,8 @@ def export_distilled(distiller: Distiller, folder: Path, fingerprint: str, final
         "spec_fingerprint": fingerprint,
         "steps": distiller.step,
         "final_loss": final_loss,
-        "distilled": {"method": "lcm", "guidance": spec.distill.guidance, "solver_steps": SOLVER_STEPS},
+        "distilled": {"method": "lcm", "guidance": spec.distill.guidance, "solver_steps": SOLVER_STEPS,
+                      "target_ema": spec.distill.target_ema},
         "sampler": {"scheduler": "lcm", "steps": 4, "guidance": 1.0},
     }, indent=2, sort_keys=True))
     return folder

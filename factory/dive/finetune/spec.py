@@ -57,6 +57,11 @@ class DistillSpec(Strict):
         7.5, ge=1, description="the teacher's classifier-free guidance, folded into the student (DiVE samples at 7.5)"
     )
     huber_c: float = Field(0.001, gt=0, description="the pseudo-Huber loss's c (LCM-LoRA: 0.001)")
+    target_ema: float = Field(
+        0.0, ge=0, lt=1,
+        description="0: the student itself makes the consistency target (LCM-LoRA); else the decay of an EMA copy "
+        "of the student's LoRA that makes it (LCM's full-model recipe: 0.95)",
+    )
     lora_targets: list[str] = Field(default_factory=lambda: list(LCM_LORA_TARGETS),
                                     description="the student LoRA's modules (LCM-LoRA's); its rank is lora_rank")
     cameras: Literal["any", "own"] = Field(
