@@ -17,12 +17,11 @@ pictures are noise):
 
 GPU settings: bf16 weights and activations, attention through PyTorch's SDPA (diffusers'
 default), UNet and VAE in channels_last, the UNet under `torch.compile` (`--no-compile`
-to skip it), and the batch size from free memory: the largest power of two up to
-`--max-batch` whose trial call peaks under 85 % of the device's memory. A first, untimed
-job per stage pays for the compilation. Not done: overlapping the VAE decode with the
-next batch's UNet (the decode runs inside the pipeline call; JPEG encoding, tar writing
-and commits already overlap generation in the engine's writer). Both are compute-bound
-kernels on one chip; what overlapping would win is for this script to measure first.
+to skip it), the batch size from free memory (the largest power of two up to
+`--max-batch` whose trial call peaks under 85 % of the device's memory), and the actors'
+decode overlap (`overlap_decode`: batch k's VAE decode on a second CUDA stream and its
+image encoding on a worker thread while batch k+1 denoises; `--no-overlap` runs them in
+turn, to measure what it wins). A first, untimed job per stage pays for the compilation.
 
 Per point: images/s, and the share of the device's bf16 matmul ceiling that the
 images' FLOPs use (UNet forward x steps, x 2 with guidance, + VAE decode (+ encode when
@@ -61,6 +60,7 @@ def settings(args: argparse.Namespace) -> dict:
                    "inpaint": [["ddim", 2 if tiny else 50, 7.5], ["lcm", 1 if tiny else args.few_steps, 1.0]]},
         "compile": args.device == "cuda" and not args.no_compile,
         "channels_last": args.device == "cuda",
+        "overlap_decode": not args.no_overlap,
     }
 
 
@@ -73,7 +73,8 @@ def generate_spec(cfg: dict, out: Path, point: list, batch: int, images: int) ->
         images_per_identity=2 * batch, identities_per_shard=2, images_per_task=2 * batch,
         rgb={"source": "real"}, ir={"cameras": ["cam3", "cam6"]},
         sampler={**_sampler(point), "batch_size": batch, "dtype": cfg["dtype"],
-                 "compile": cfg["compile"], "channels_last": cfg["channels_last"], **cfg["generate"]},
+                 "compile": cfg["compile"], "channels_last": cfg["channels_last"],
+                 "overlap_decode": cfg["overlap_decode"], **cfg["generate"]},
         resources={"gpus_per_actor": 1 if torch.cuda.is_available() else 0},
     ))
 
@@ -86,7 +87,8 @@ def inpaint_spec(cfg: dict, out: Path, point: list, batch: int, images: int) -> 
                 "images_per_identity": 2},
         variants=batch, identities_per_shard=1, sources_per_task=2,
         sampler={**_sampler(point), "batch_size": batch, "dtype": cfg["dtype"],
-                 "compile": cfg["compile"], "channels_last": cfg["channels_last"], **cfg["inpaint"]},
+                 "compile": cfg["compile"], "channels_last": cfg["channels_last"],
+                 "overlap_decode": cfg["overlap_decode"], **cfg["inpaint"]},
         resources={"gpus_per_actor": 1 if torch.cuda.is_available() else 0},
     ))
 
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--batch-size", type=int, help="skip the memory probe (CPU: default 2)")
     parser.add_argument("--no-compile", action="store_true", help="leave the UNet uncompiled")
+    parser.add_argument("--no-overlap", action="store_true", help="decode each batch before the next denoises")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp folder)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

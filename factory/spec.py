@@ -55,6 +55,10 @@ class GuidedSampler(Strict):
         return self
 
 
+# A sampler setting that schedules work and changes no byte (tests compare the bytes): no fingerprint holds it.
+OVERLAP_DECODE_HELP = ("decode and encode each batch on a worker thread (on a GPU, with its own CUDA stream) while the "
+                       "next batch denoises; the images are the same bytes either way")
+
 # Sampler settings that came after runs were already being made: left out of a run's
 # fingerprint at these defaults, so a run started before them still resumes.
 PERFORMANCE_DEFAULTS = {"channels_last": False, "compile": False}

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -69,3 +71,32 @@ def inject_http_errors(storage, operation: str, statuses: list[int]) -> list[str
 
     storage.client.meta.events.register("before-send.s3", before_send)
     return seen
+
+
+def time_actor_halves(monkeypatch, actor_cls) -> list[tuple[str, str, float, float]]:
+    """Record (half, thread, start, end) of every `_denoise` and `_finish` call of `actor_cls`.
+
+    A finish first sleeps 50 ms, so one that overlaps the next batch's denoising surely shows it.
+    """
+    spans: list[tuple[str, str, float, float]] = []
+
+    def timed(half, method, pause):
+        def wrapper(self, *args):
+            start = time.monotonic()
+            time.sleep(pause)
+            try:
+                return method(self, *args)
+            finally:
+                spans.append((half, threading.current_thread().name, start, time.monotonic()))
+        return wrapper
+
+    monkeypatch.setattr(actor_cls, "_denoise", timed("denoise", actor_cls._denoise, 0))
+    monkeypatch.setattr(actor_cls, "_finish", timed("finish", actor_cls._finish, 0.05))
+    return spans
+
+
+def overlapping_halves(spans: list[tuple[str, str, float, float]]) -> int:
+    """How many (finish, denoise) pairs ran at the same time."""
+    finishes = [s for s in spans if s[0] == "finish"]
+    denoises = [s for s in spans if s[0] == "denoise"]
+    return sum(f[2] < d[3] and d[2] < f[3] for f in finishes for d in denoises)

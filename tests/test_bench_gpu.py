@@ -21,7 +21,8 @@ SPEC = {"run_id": "r", "output": "x", "model": {"preset": "tiny"}, "identities":
 def test_help_teaches_the_one_command():
     result = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for words in ("python -m benchmarks.gpu", "--device cpu --tiny", "channels_last", "torch.compile", "SDPA"):
+    for words in ("python -m benchmarks.gpu", "--device cpu --tiny", "channels_last", "torch.compile", "SDPA",
+                  "--no-overlap"):
         assert words in result.stdout, words
 
 
@@ -39,6 +40,7 @@ def test_a_dry_run_on_the_cpu_runs_every_point(tmp_path, capsys):
     for row in result["points"].values():
         assert row["images"] == 4 and row["images_per_s"] > 0 and 0 < row["of_bf16_ceiling"] < 1
     assert {row["guidance"] for row in result["points"].values()} == {7.5, 1.0}  # the lcm points guide nothing
+    assert result["settings"]["overlap_decode"] is True  # the actors' default, as a user's job runs
     for run in ("generate-dpm++-2", "inpaint-lcm-1"):
         assert (tmp_path / run / "_SUCCESS.json").is_file()
     with pytest.raises(SystemExit):

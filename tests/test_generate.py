@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import yaml
-from helpers import run_cli
+from helpers import overlapping_halves, run_cli, time_actor_halves
 from PIL import Image
 
 import factory
@@ -132,6 +132,24 @@ def test_a_run_resumes_on_another_number_of_actors_to_the_same_bytes(reference_r
 
 
 @pytest.mark.slow
+def test_decode_overlap_changes_no_byte_and_runs_beside_the_next_batch(tmp_path, monkeypatch):
+    """A batch's decode and encoding run on the actor's worker thread while the next batch denoises."""
+    from factory.dive.actor import GeneratorActor
+
+    spans = time_actor_halves(monkeypatch, GeneratorActor)
+    made = {}
+    for overlap in (False, True):
+        spans.clear()
+        out = str(tmp_path / f"overlap-{overlap}")
+        spec = make_spec(out, sampler={**SPEC["sampler"], "batch_size": 1, "overlap_decode": overlap})
+        api.run(spec, use_ray=False)
+        made[overlap] = tar_bytes(out), {thread for half, thread, *_ in spans if half == "finish"}
+        assert (overlapping_halves(spans) > 0) == overlap
+    assert made[True][0] == made[False][0] and made[True][0]  # the same shards, byte for byte
+    assert made[False][1] == {"MainThread"} and made[True][1] == {"decode_0"}
+    assert make_spec("a").content() == make_spec("a", sampler={**SPEC["sampler"], "overlap_decode": False}).content()
+
+
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
     out = tmp_path / "run"
     spec = write_spec(tmp_path / "spec.yaml", str(out), identities={**SPEC["identities"], "count": 16})  # 8 shards

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 from diffusers import UNet2DConditionModel
-from helpers import run_cli, tar_members
+from helpers import overlapping_halves, run_cli, tar_members, time_actor_halves
 from PIL import Image
 from tiny_hf import build_llm, build_segformer, build_vlm
 
@@ -181,6 +181,23 @@ def test_same_spec_in_process_gives_the_same_bytes(reference_run, tmp_path):
     again = str(tmp_path / "again")
     api.run(make_spec(again, run_id="again"), use_ray=False)
     assert tar_bytes(again) == tar_bytes(reference_run)
+
+
+def test_decode_overlap_changes_no_byte_and_runs_beside_the_next_batch(model_cache, tmp_path, monkeypatch):
+    """A batch's decode, paste-back and PNG encoding run on the worker thread while the next batch inpaints."""
+    from factory.dlcr.actor import InpaintActor
+
+    spans = time_actor_halves(monkeypatch, InpaintActor)
+    made = {}
+    for overlap in (False, True):
+        spans.clear()
+        out = str(tmp_path / f"overlap-{overlap}")
+        sampler = {**SPEC["sampler"], "batch_size": 1, "overlap_decode": overlap}
+        api.run(make_spec(out, source={**SPEC["source"], "identities": 2}, sampler=sampler), use_ray=False)
+        made[overlap] = tar_bytes(out), {thread for half, thread, *_ in spans if half == "finish"}
+        assert (overlapping_halves(spans) > 0) == overlap
+    assert made[True][0] == made[False][0] and made[True][0]
+    assert made[False][1] == {"MainThread"} and made[True][1] == {"decode_0"}
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ encoded bytes, never as arrays (docs/METHODS.md §9: binary blobs spill the obje
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from factory.dive.spec import SamplerSpec
 from factory.dive.tasks import GeneratedImage, GenerationResult, GenerationTask, Item
@@ -29,46 +30,57 @@ class ActorConfig:
 class GeneratorActor(Actor[ActorConfig, GenerationTask, GenerationResult]):
     def setup(self) -> None:
         from factory.models.device import actor_device, tune_pipeline
+        from factory.models.overlap import DecodeOverlap
         from factory.models.pipeline import TextToImage
 
         sampler = self.config.sampler
         device, dtype = actor_device(self.config.threads, sampler.dtype)
         self.pipeline = TextToImage.load(self.config.model, device=device, dtype=dtype)
         tune_pipeline(self.pipeline.pipe, channels_last=sampler.channels_last, compile_unet=sampler.compile)
+        self.overlap = DecodeOverlap(sampler.overlap_decode)
 
     def process(self, task: GenerationTask) -> GenerationResult:
         self.ready()
-        sampler = self.config.sampler
+        size = self.config.sampler.batch_size
         code = self.pipeline.camera_code(task.camera)
-        images: list[GeneratedImage] = []
-        for start in range(0, len(task.items), sampler.batch_size):
-            batch = task.items[start : start + sampler.batch_size]
-            prompts = [self._prompt(code, item) for item in batch]
-            pictures = self.pipeline.generate(
-                prompts,
-                [self._vector(item) for item in batch],
-                [item.seed for item in batch],
-                scheduler=sampler.scheduler,
-                steps=sampler.steps,
-                guidance=sampler.guidance,
-                width=sampler.width,
-                height=sampler.height,
-            )
-            for item, prompt, picture in zip(batch, prompts, pictures):
-                images.append(
-                    GeneratedImage(
-                        identity=item.identity,
-                        index=item.index,
-                        modality=task.modality,
-                        camera=task.camera,
-                        seed=item.seed,
-                        prompt=prompt,
-                        data=encode_image(picture, sampler.image_format, sampler.quality),
-                        width=picture.width,
-                        height=picture.height,
-                    )
-                )
+        batches = [[(item, self._prompt(code, item)) for item in task.items[start : start + size]]
+                   for start in range(0, len(task.items), size)]
+        images = self.overlap.run(batches, self._denoise, partial(self._finish, task))
         return GenerationResult(task.task_id, task.shard, tuple(images))
+
+    def _denoise(self, batch: list[tuple[Item, str]]):
+        sampler = self.config.sampler
+        return self.pipeline.denoise(
+            [prompt for _, prompt in batch],
+            [self._vector(item) for item, _ in batch],
+            [item.seed for item, _ in batch],
+            scheduler=sampler.scheduler,
+            steps=sampler.steps,
+            guidance=sampler.guidance,
+            width=sampler.width,
+            height=sampler.height,
+        )
+
+    def _finish(self, task: GenerationTask, batch: list[tuple[Item, str]], latents) -> list[GeneratedImage]:
+        """The batch's latents decoded and encoded: on the overlap's worker thread while the next batch denoises."""
+        from factory.models.pipeline import decode_latents
+
+        sampler = self.config.sampler
+        pictures = decode_latents(self.pipeline.pipe, latents)
+        return [
+            GeneratedImage(
+                identity=item.identity,
+                index=item.index,
+                modality=task.modality,
+                camera=task.camera,
+                seed=item.seed,
+                prompt=prompt,
+                data=encode_image(picture, sampler.image_format, sampler.quality),
+                width=picture.width,
+                height=picture.height,
+            )
+            for (item, prompt), picture in zip(batch, pictures)
+        ]
 
     def _prompt(self, camera_code: str, item: Item) -> str:
         """The spec's prompt for `item`: its words in the identity's place, else the vector's slot."""

@@ -7,7 +7,15 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import ModelRef
-from factory.spec import PERFORMANCE_DEFAULTS, GuidedSampler, QualitySpec, ResourcesSpec, Strict, drop_defaults
+from factory.spec import (
+    OVERLAP_DECODE_HELP,
+    PERFORMANCE_DEFAULTS,
+    GuidedSampler,
+    QualitySpec,
+    ResourcesSpec,
+    Strict,
+    drop_defaults,
+)
 from manifests.schema import MODALITIES
 
 
@@ -27,6 +35,7 @@ class SamplerSpec(GuidedSampler):
     batch_size: int = Field(8, ge=1, description="images per pipeline call")
     channels_last: bool = Field(False, description="UNet and VAE weights in NHWC (faster on GPU tensor cores)")
     compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
+    overlap_decode: bool = Field(True, description=OVERLAP_DECODE_HELP)
     image_format: Literal["jpg", "png", "webp"] = "jpg"
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
 
@@ -129,5 +138,6 @@ class GenerateSpec(Strict):
         Actor counts are scheduling too: a run resumed on a smaller or bigger cluster makes
         the same bytes (a task's batches do not depend on which actor takes it).
         """
-        exclude = {"output": True, "resources": True, "rgb": {"actors"}, "ir": {"actors"}}
+        exclude = {"output": True, "resources": True, "rgb": {"actors"}, "ir": {"actors"},
+                   "sampler": {"overlap_decode"}}
         return drop_defaults(self.model_dump(mode="json", exclude=exclude), {"sampler": PERFORMANCE_DEFAULTS})

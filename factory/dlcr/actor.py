@@ -5,7 +5,8 @@ cluster and tests call it directly. Per source image: read and decode
 it (an unreadable one is skipped, with its reason, and the task goes on), parse it into
 its clothing mask, then inpaint all its variants in batches, paste the native pixels
 back and encode each result as PNG (lossless), so the pixels outside the mask decode
-bit-identical to the source's.
+bit-identical to the source's. A batch's decode, paste and encoding overlap the next
+batch's denoising (`factory.models.overlap`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class InpaintActor(Actor[InpaintConfig, InpaintTask, InpaintResult]):
     def setup(self) -> None:
         from factory.dlcr.inpainter import Inpainter
         from factory.models.device import actor_device, tune_pipeline
+        from factory.models.overlap import DecodeOverlap
 
         self.parser = make_parser(self.config.masks, Path(self.config.dataset_root))
         self.parser.setup()
@@ -65,6 +67,7 @@ class InpaintActor(Actor[InpaintConfig, InpaintTask, InpaintResult]):
             self.inpainter = Inpainter.load(self.config.model, device=device, dtype=dtype)
             sampler = self.config.sampler
             tune_pipeline(self.inpainter.pipe, channels_last=sampler.channels_last, compile_unet=sampler.compile)
+        self.overlap = DecodeOverlap(self.config.model is not None and self.config.sampler.overlap_decode)
 
     def process(self, task: InpaintTask) -> InpaintResult:
         self.ready()
@@ -82,25 +85,29 @@ class InpaintActor(Actor[InpaintConfig, InpaintTask, InpaintResult]):
                 skipped.append(Skipped(source.relative, source.identity, "no clothing in its label map"))
                 continue
             jobs += [_Job(source, image, labels, mask, variant) for variant in source.variants]
-        samples = [self._variant(job, picture) for job, picture in zip(jobs, self._generate(jobs))]
+        if self.inpainter is None:  # the control: recoloured, nothing denoised
+            samples = [self._variant(j, recolour(j.image, j.mask, j.labels, j.variant.seed)) for j in jobs]
+        else:
+            size = self.config.sampler.batch_size
+            batches = [jobs[start : start + size] for start in range(0, len(jobs), size)]
+            samples = self.overlap.run(batches, self._denoise, self._finish)
         return InpaintResult(task.task_id, task.shard, tuple(samples), tuple(skipped))
 
-    def _generate(self, jobs: list[_Job]) -> list[Image.Image]:
-        """Each job's picture: inpainted in batches of the sampler's size, or recoloured (the control)."""
-        if self.inpainter is None:
-            return [recolour(j.image, j.mask, j.labels, j.variant.seed) for j in jobs]
-        pictures: list[Image.Image] = []
-        batch = self.config.sampler.batch_size
-        for start in range(0, len(jobs), batch):
-            chunk = jobs[start : start + batch]
-            pictures += self.inpainter.inpaint(
-                [j.image for j in chunk],
-                [j.mask for j in chunk],
-                [j.variant.prompt for j in chunk],
-                [j.variant.seed for j in chunk],
-                self.config.sampler,
-            )
-        return pictures
+    def _denoise(self, batch: list[_Job]):
+        return self.inpainter.denoise(
+            [j.image for j in batch],
+            [j.mask for j in batch],
+            [j.variant.prompt for j in batch],
+            [j.variant.seed for j in batch],
+            self.config.sampler,
+        )
+
+    def _finish(self, batch: list[_Job], latents) -> list[MadeVariant]:
+        """The batch's latents decoded, pasted back and encoded: on the overlap's worker while the next denoises."""
+        from factory.models.pipeline import decode_latents
+
+        pictures = decode_latents(self.inpainter.pipe, latents)
+        return [self._variant(job, picture) for job, picture in zip(batch, pictures)]
 
     def _variant(self, job: _Job, generated: Image.Image) -> MadeVariant:
         from factory.dlcr.inpainter import paste_back

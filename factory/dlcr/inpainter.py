@@ -37,7 +37,7 @@ from PIL import Image
 from factory.dlcr.spec import InpaintSamplerSpec
 from factory.errors import FactoryError
 from factory.models.device import diffusers_dtype
-from factory.models.pipeline import SCHEDULERS
+from factory.models.pipeline import SCHEDULERS, decode_latents
 from factory.models.presets import preset_path
 from factory.models.reference import ModelRef, resolve_model_path
 
@@ -119,6 +119,17 @@ class Inpainter:
         sampler: InpaintSamplerSpec,
     ) -> list[Image.Image]:
         """One image per row at the sampler's size; row i's noise comes from a CPU generator seeded `seeds[i]`."""
+        return decode_latents(self.pipe, self.denoise(images, masks, prompts, seeds, sampler))
+
+    def denoise(
+        self,
+        images: list[Image.Image],
+        masks: list[np.ndarray],
+        prompts: list[str],
+        seeds: list[int],
+        sampler: InpaintSamplerSpec,
+    ) -> torch.Tensor:
+        """`inpaint`'s denoising loop alone: the final latents, for `decode_latents`."""
         size = (sampler.width, sampler.height)
         self.pipe.scheduler = self._scheduler(sampler.scheduler)
         return self.pipe(
@@ -132,5 +143,5 @@ class Inpainter:
             strength=sampler.strength,
             eta=sampler.eta,
             generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-            output_type="pil",
+            output_type="latent",
         ).images

@@ -11,7 +11,15 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from factory.models.reference import FINE_TUNED_PARTS, ModelRef
-from factory.spec import PERFORMANCE_DEFAULTS, GuidedSampler, QualitySpec, ResourcesSpec, Strict, drop_defaults
+from factory.spec import (
+    OVERLAP_DECODE_HELP,
+    PERFORMANCE_DEFAULTS,
+    GuidedSampler,
+    QualitySpec,
+    ResourcesSpec,
+    Strict,
+    drop_defaults,
+)
 
 
 class SourceSpec(Strict):
@@ -107,6 +115,7 @@ class InpaintSamplerSpec(GuidedSampler):
     batch_size: int = Field(5, ge=1, description="variants per pipeline call")
     channels_last: bool = Field(False, description="UNet and VAE weights in NHWC (faster on GPU tensor cores)")
     compile: bool = Field(False, description="torch.compile the UNet (GPU; the first batches pay for compiling)")
+    overlap_decode: bool = Field(True, description=OVERLAP_DECODE_HELP)
 
 
 class InpaintSpec(Strict):
@@ -155,5 +164,6 @@ class InpaintSpec(Strict):
         The model's fine-tuned parts are always empty here and left out, so the fingerprint
         reads only what an inpainting model can be (a preset or a path).
         """
-        exclude = {"output": True, "resources": True, "actors": True, "model": set(FINE_TUNED_PARTS)}
+        exclude = {"output": True, "resources": True, "actors": True, "model": set(FINE_TUNED_PARTS),
+                   "sampler": {"overlap_decode"}}
         return drop_defaults(self.model_dump(mode="json", exclude=exclude), {"sampler": PERFORMANCE_DEFAULTS})

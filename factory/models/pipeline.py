@@ -202,6 +202,23 @@ class TextToImage:
         Noise comes from CPU generators seeded per row, so a seed starts from the same latent
         on any device. The negative prompt is empty, as in DiVE.
         """
+        latents = self.denoise(prompts, identity_vectors, seeds, scheduler=scheduler, steps=steps, guidance=guidance,
+                               width=width, height=height)
+        return decode_latents(self.pipe, latents)
+
+    def denoise(
+        self,
+        prompts: list[str],
+        identity_vectors: list[np.ndarray | None],
+        seeds: list[int],
+        *,
+        scheduler: str,
+        steps: int,
+        guidance: float,
+        width: int,
+        height: int,
+    ) -> torch.Tensor:
+        """`generate`'s denoising loop alone: the final latents, for `decode_latents`."""
         if not len(prompts) == len(identity_vectors) == len(seeds):
             raise FactoryError(
                 f"got {len(prompts)} prompts, {len(identity_vectors)} identity vectors and {len(seeds)} seeds"
@@ -218,5 +235,12 @@ class TextToImage:
             height=height,
             width=width,
             generator=[torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
-            output_type="pil",
+            output_type="latent",
         ).images
+
+
+def decode_latents(pipe, latents: torch.Tensor) -> list[PIL.Image.Image]:
+    """What a diffusers Stable Diffusion pipeline does after its loop, with no safety checker: VAE decode, to PIL."""
+    with torch.no_grad():
+        images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))

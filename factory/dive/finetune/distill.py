@@ -46,7 +46,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from factory.dive.finetune.batches import CaptionedImages
 from factory.dive.finetune.captions import identity_tokens
 from factory.dive.finetune.spec import FinetuneSpec
-from factory.dive.finetune.trainer import LORA_FILE, StepResult, SteppedTraining, _fused_unet, base_folder
+from factory.dive.finetune.trainer import LORA_FILE, SteppedTraining, StepResult, _fused_unet, base_folder
 from factory.dive.finetune.trainset import FinetuneSet
 from factory.errors import FactoryError
 from factory.models.bank import IdentityBank
