@@ -28,8 +28,9 @@ with the same targets, prompts, seeds and masks, so only what surrounds the mode
 Timing as in `benchmarks.generate`: each side loads its pipeline inside the timing,
 with the same torch threads, after one short untimed batch has warmed the kernels; the
 sides run interleaved `--repeats` times and the best of each is reported. Each side's
-serial seconds outside sampling (total minus time inside `Inpainter.inpaint`) show what
-the factory's planning, encoding, tar writing and commits add once overlapped.
+serial seconds outside sampling (total minus time inside the denoising loop,
+`Inpainter.denoise`) show what the decode, planning, encoding, tar writing and commits add
+where they are not hidden behind the next batch.
 The last line printed is one JSON object with every figure and setting.
 """
 
@@ -79,6 +80,7 @@ class Settings:
     batch: int  # variants per source image, made by one pipeline call
     device: str
     threads: int
+    overlap: bool  # the factory actor's decode overlap
 
     @property
     def sources(self) -> int:
@@ -97,7 +99,7 @@ def sampler_spec(s: Settings) -> InpaintSamplerSpec:
     """DLCR's sampler (docs/METHODS.md §3.3) at the benchmark's size and steps."""
     return InpaintSamplerSpec(
         scheduler="ddim", steps=s.steps, guidance=7.5, strength=1.0, eta=0.0, width=s.width, height=s.height,
-        batch_size=s.batch,
+        batch_size=s.batch, overlap_decode=s.overlap,
     )
 
 
@@ -165,7 +167,7 @@ def warm_up(s: Settings, source: SourceImage, parser: Parser) -> None:
 
 def time_factory(s: Settings, out: Path) -> tuple[float, float]:
     """(seconds, seconds outside sampling) of one factory run."""
-    with timed_pipeline(Inpainter, "inpaint") as sampling:
+    with timed_pipeline(Inpainter) as sampling:
         start = time.perf_counter()
         summary = api.run(factory_spec(s, str(out)), use_ray=False)
         seconds = time.perf_counter() - start
@@ -179,7 +181,7 @@ def time_factory(s: Settings, out: Path) -> tuple[float, float]:
 def time_baseline(s: Settings, sources: list[SourceImage], parser: Parser, out: Path) -> tuple[float, float]:
     """(seconds, seconds outside sampling) of one baseline run."""
     torch.set_num_threads(s.threads)  # the factory's actor sets its own; keep both equal
-    with timed_pipeline(Inpainter, "inpaint") as sampling:
+    with timed_pipeline(Inpainter) as sampling:
         start = time.perf_counter()
         _baseline(s, sources, parser, out)
         seconds = time.perf_counter() - start
@@ -208,7 +210,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, int, Path | Non
     check_common_args(parser, args)
     per_identity = SOURCES_PER_IDENTITY * args.batch_size
     images = -(-args.images // per_identity) * per_identity
-    s = Settings(args.preset, images, args.steps, args.width, args.height, args.batch_size, args.device, args.threads)
+    s = Settings(args.preset, images, args.steps, args.width, args.height, args.batch_size, args.device, args.threads,
+                 not args.no_overlap)
     return s, args.repeats, args.out
 
 
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
            baseline_name="baseline (DLCR-style loop, PNG files)",
            flops=count_flops(s.preset, s.height, s.width, inpainting=True),
            settings=dict(preset=s.preset, images=s.images, source_images=s.sources, steps=s.steps, width=s.width,
-                         height=s.height, batch=s.batch, threads=s.threads, dtype=s.dtype, repeats=repeats))
+                         height=s.height, batch=s.batch, threads=s.threads, dtype=s.dtype, repeats=repeats,
+                         overlap_decode=s.overlap))
 
 
 if __name__ == "__main__":

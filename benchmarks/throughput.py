@@ -44,6 +44,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads of both sides")
     parser.add_argument("--out", type=Path, help="keep every repeat's outputs under this folder (default: a temp folder)")
+    parser.add_argument("--no-overlap", action="store_true",
+                        help="the factory decodes each batch before the next denoises (default: overlapped)")
 
 
 def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -56,15 +58,16 @@ def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 @contextmanager
-def timed_pipeline(owner: type = TextToImage, method: str = "generate") -> Iterator[list[float]]:
-    """Seconds spent inside `owner.method` (the pipeline call) meanwhile, in this process.
+def timed_pipeline(owner: type = TextToImage) -> Iterator[list[float]]:
+    """Seconds spent inside `owner.denoise` (the denoising loop) meanwhile, in this process.
 
-    Both sides sample through it, so total minus this is each side's serial work outside
-    sampling (load, encoding, files, commits not hidden behind generation): a figure that
-    a busy machine, which slows sampling itself, disturbs far less than the totals.
+    Both sides sample through it (the pipelines' `generate`/`inpaint` call `denoise`), so
+    total minus this is each side's serial work outside sampling (load, decode, encoding,
+    files, commits not hidden behind the next batch): a figure that a busy machine, which
+    slows sampling itself, disturbs far less than the totals.
     """
     spent = [0.0]
-    original = getattr(owner, method)
+    original = owner.denoise
 
     def timed(self, *args, **kwargs):
         start = time.perf_counter()
@@ -73,11 +76,11 @@ def timed_pipeline(owner: type = TextToImage, method: str = "generate") -> Itera
         finally:
             spent[0] += time.perf_counter() - start
 
-    setattr(owner, method, timed)
+    owner.denoise = timed
     try:
         yield spent
     finally:
-        setattr(owner, method, original)
+        owner.denoise = original
 
 
 def count_flops(preset: str, height: int, width: int, *, inpainting: bool = False) -> dict[str, int]:
