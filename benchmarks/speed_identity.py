@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         models["distilled"] = {**tuned, "lora": str(distilled / "lora.safetensors")}
 
     # Untimed: the first run in a process pays for imports, kernel choices and the first model load.
+    shutil.rmtree(args.work / "warm-up", ignore_errors=True)  # left by a run that stopped there
     api.run(point_spec(s, models, REFERENCE, 1, args.work / "warm-up").model_copy(update={"images_per_identity": 1}),
             use_ray=False, resume=False)
     shutil.rmtree(args.work / "warm-up")
