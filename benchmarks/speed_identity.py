@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "takes one more CPU thread here)")
     parser.add_argument("--distill-steps", type=int, default=1000, help="the lcm points' consistency distillation")
     parser.add_argument("--distill-lr", type=float, default=3e-4, help="its student LoRA's learning rate")
-    parser.add_argument("--distill-ema", type=float, default=0.0,
+    parser.add_argument("--distill-ema", type=float, default=0.95,
                         help="its target's EMA decay (0: the student is its own target, as LCM-LoRA)")
     parser.add_argument("--quick", action="store_true", help="dive_world's quick fine-tune, 4 people, short points")
     args = parser.parse_args(argv)

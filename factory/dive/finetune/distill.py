@@ -1,6 +1,6 @@
 """Latent consistency distillation of a fine-tuned DiVE model: the same people in 2-8 steps, no negative batch.
 
-The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5):
+The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5), with LCM's target network:
 
 - Teacher: the fine-tuned model as generation uses it: the base UNet with the DiVE LoRA
   fused in, the bank's identity tokens and the camera codes, sampled with
@@ -14,10 +14,10 @@ The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5):
   diffusers' `LCMScheduler` samples from at inference). A sample draws n, noises its
   latent to t_n, and the guided teacher takes one DDIM step to t_{n-1}. The student's
   consistency function f(x, t) = c_skip(t) x + c_out(t) x0(x, t) at (x_{t_n}, t_n) must
-  match f at (x_{t_{n-1}}, t_{n-1}), computed without gradient by the student itself
-  (LCM-LoRA) or, with `distill.target_ema` > 0, by an exponential moving average of the
-  student's LoRA (LCM's target network). c_skip and c_out are LCMScheduler's (sigma_data
-  0.5, timestep scaling 10), f(x, 0) = x.
+  match f at (x_{t_{n-1}}, t_{n-1}), computed without gradient by LCM's target network,
+  an exponential moving average of the student's LoRA (`distill.target_ema`, 0.95), or
+  with `target_ema: 0` by the student itself as LCM-LoRA does. c_skip and c_out are
+  LCMScheduler's (sigma_data 0.5, timestep scaling 10), f(x, 0) = x.
 - Loss: pseudo-Huber, sqrt((a - b)^2 + c^2) - c, c = `distill.huber_c`.
 
 Guidance is folded in: the student samples with `guidance: 1`, one UNet pass per step.

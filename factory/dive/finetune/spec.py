@@ -58,9 +58,9 @@ class DistillSpec(Strict):
     )
     huber_c: float = Field(0.001, gt=0, description="the pseudo-Huber loss's c (LCM-LoRA: 0.001)")
     target_ema: float = Field(
-        0.0, ge=0, lt=1,
-        description="0: the student itself makes the consistency target (LCM-LoRA); else the decay of an EMA copy "
-        "of the student's LoRA that makes it (LCM's full-model recipe: 0.95)",
+        0.95, ge=0, lt=1,
+        description="the decay of the EMA copy of the student's LoRA that makes the consistency target (LCM's "
+        "0.95; it held identity better than 0 on the world, BENCHMARKS.md); 0: the student itself (LCM-LoRA)",
     )
     lora_targets: list[str] = Field(default_factory=lambda: list(LCM_LORA_TARGETS),
                                     description="the student LoRA's modules (LCM-LoRA's); its rank is lora_rank")
