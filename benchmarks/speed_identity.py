@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-overlap", action="store_true",
                         help="decode each batch before the next denoises (default: the actors' overlap, which "
                              "takes one more CPU thread here)")
-    parser.add_argument("--distill-steps", type=int, default=1000, help="the lcm points' consistency distillation")
+    parser.add_argument("--distill-steps", type=int, default=500, help="the lcm points' consistency distillation")
     parser.add_argument("--distill-lr", type=float, default=3e-4, help="its student LoRA's learning rate")
     parser.add_argument("--distill-ema", type=float, default=0.95,
                         help="its target's EMA decay (0: the student is its own target, as LCM-LoRA)")
