@@ -77,8 +77,8 @@ def distill_spec(s: dive_world.Settings, a: list[int], tuned: dict, steps: int, 
     body = dive_world.finetune_spec(s, a).model_dump()
     return FinetuneSpec.model_validate({
         **body, "run_id": "speed-identity-lcm", "output": str(out), "mode": "distill", "base": tuned,
-        "distill": {"guidance": s.guidance, "target_ema": ema}, "p_identity_caption": 1.0, "steps": steps, "learning_rate": lr,
-        "checkpoint_every": max(1, steps // 4)})
+        "distill": {"guidance": s.guidance, "target_ema": ema}, "p_identity_caption": 1.0, "steps": steps,
+        "learning_rate": lr, "checkpoint_every": max(1, steps // 4)})
 
 
 def main(argv: list[str] | None = None) -> dict:

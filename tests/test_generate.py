@@ -131,7 +131,6 @@ def test_a_run_resumes_on_another_number_of_actors_to_the_same_bytes(reference_r
     assert tar_bytes(str(out)) == tar_bytes(reference_run)
 
 
-@pytest.mark.slow
 def test_decode_overlap_changes_no_byte_and_runs_beside_the_next_batch(tmp_path, monkeypatch):
     """A batch's decode and encoding run on the actor's worker thread while the next batch denoises."""
     from factory.dive.actor import GeneratorActor
@@ -150,6 +149,7 @@ def test_decode_overlap_changes_no_byte_and_runs_beside_the_next_batch(tmp_path,
     assert make_spec("a").content() == make_spec("a", sampler={**SPEC["sampler"], "overlap_decode": False}).content()
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path):
     out = tmp_path / "run"
     spec = write_spec(tmp_path / "spec.yaml", str(out), identities={**SPEC["identities"], "count": 16})  # 8 shards
