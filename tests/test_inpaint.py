@@ -120,15 +120,24 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def reference_run(ray_session, tmp_path_factory):
-    """An uninterrupted run on Ray with 2 actors: what every other run must equal."""
+    """An uninterrupted run on Ray with 2 actors: what every other run must equal (for the slow tests)."""
     out = str(tmp_path_factory.mktemp("reference") / "run")
     summary = api.run(make_spec(out))
     assert summary["shards_made"] == IDENTITIES and summary["skipped_sources"] == 0
     return out
 
 
-def test_outside_the_mask_every_variant_is_its_source_bit_for_bit(reference_run, world):
-    made = variants(reference_run)
+@pytest.fixture(scope="module")
+def local_run(model_cache, tmp_path_factory):
+    """The same spec in this process (no Ray): what the quick tests read."""
+    out = str(tmp_path_factory.mktemp("local") / "run")
+    summary = api.run(make_spec(out), use_ray=False)
+    assert summary["shards_made"] == IDENTITIES and summary["skipped_sources"] == 0
+    return out
+
+
+def test_outside_the_mask_every_variant_is_its_source_bit_for_bit(local_run, world):
+    made = variants(local_run)
     assert len(made) == IDENTITIES * IMAGES * VARIANTS
     only_the_clothes_changed(made, world)
 
@@ -145,8 +154,8 @@ def only_the_clothes_changed(made: list[tuple[dict, np.ndarray]], world) -> None
         assert not np.array_equal(pixels[mask], original[mask]), row["key"]  # the clothes did change
 
 
-def test_variants_keep_the_identity_and_wear_another_identitys_clothes(reference_run, world):
-    run = Run(reference_run)
+def test_variants_keep_the_identity_and_wear_another_identitys_clothes(local_run, world):
+    run = Run(local_run)
     by_path = {r.path.relative_to(world.root).as_posix(): r for r in world["train"]}
     per_parent: dict[str, list[dict]] = {}
     for row in run.table().to_pylist():
@@ -161,7 +170,7 @@ def test_variants_keep_the_identity_and_wear_another_identitys_clothes(reference
     assert len(per_parent) == IDENTITIES * IMAGES and {len(v) for v in per_parent.values()} == {VARIANTS}
     seeds = [row["seed"] for rows in per_parent.values() for row in rows]
     assert len(set(seeds)) == len(seeds)
-    wardrobe = {o["outfit"]: o for o in pq.read_table(f"{reference_run}/wardrobe.parquet").to_pylist()}
+    wardrobe = {o["outfit"]: o for o in pq.read_table(f"{local_run}/wardrobe.parquet").to_pylist()}
     docs = {name: json.loads(data) for name, data in tar_members(run.shard_uris()[0]) if name.endswith(".json")}
     for rows in per_parent.values():
         for row in rows:
@@ -174,13 +183,12 @@ def test_variants_keep_the_identity_and_wear_another_identitys_clothes(reference
                     "prompt": row["prompt"],
                 }
                 assert doc["source_outfit"] == by_path[row["parent"]].clothes
-    assert verify_run(reference_run).ok()
+    assert verify_run(local_run).ok()
 
 
-def test_same_spec_in_process_gives_the_same_bytes(reference_run, tmp_path):
-    again = str(tmp_path / "again")
-    api.run(make_spec(again, run_id="again"), use_ray=False)
-    assert tar_bytes(again) == tar_bytes(reference_run)
+@pytest.mark.slow
+def test_same_spec_in_process_gives_the_same_bytes(reference_run, local_run):
+    assert tar_bytes(local_run) == tar_bytes(reference_run)
 
 
 def test_decode_overlap_changes_no_byte_and_runs_beside_the_next_batch(model_cache, tmp_path, monkeypatch):
@@ -458,9 +466,9 @@ def test_paste_back_keeps_native_pixels_at_any_size():
     assert (out[mask] == [255, 0, 0]).all()
 
 
-def test_preview_shows_each_source_beside_its_variants(reference_run, tmp_path):
+def test_preview_shows_each_source_beside_its_variants(local_run, tmp_path):
     sheet = tmp_path / "sheet.png"
-    result = run_cli("preview", reference_run, "--out", str(sheet), "--identities", "3")
+    result = run_cli("preview", local_run, "--out", str(sheet), "--identities", "3")
     assert result.returncode == 0, result.stderr
     with Image.open(sheet) as image:
         assert image.size == ((1 + VARIANTS) * 64, 3 * (128 + 12))
