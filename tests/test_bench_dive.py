@@ -100,6 +100,7 @@ def test_identity_slot_benchmark_measures_both_distances():
     assert result["ratio"] == pytest.approx(result["across_identities"] / result["across_seeds"], abs=2e-3)
 
 
+@pytest.mark.slow  # kept out of the quick loop's 3 minutes
 def test_identity_carrying_ir_teaches_what_shuffled_ir_does_not(capsys):
     """The experiment's core contrast at the smallest scale (`experiments.label_contrast`, defaults):
     the same IR images with their people's labels, or deranged, next to those people's RGB."""

@@ -18,6 +18,7 @@ from factory.models.reference import ModelRef
 SPEC = {"run_id": "r", "output": "x", "model": {"preset": "tiny"}, "identities": {"source": "sampled", "count": 1}}
 
 
+@pytest.mark.slow  # kept out of the quick loop's 3 minutes
 def test_help_teaches_the_one_command():
     result = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--help"], capture_output=True, text=True)
     assert result.returncode == 0

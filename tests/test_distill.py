@@ -142,7 +142,7 @@ def test_a_distilled_model_samples_in_few_steps_without_the_negative_batch(teach
     assert shas[0] == shas[1] and len(set(shas[0])) == 4  # reproduced to the byte, and every image its own
 
 
-@pytest.mark.parametrize("target_ema", [0.0, 0.5])
+@pytest.mark.parametrize("target_ema", [pytest.param(0.0, marks=pytest.mark.slow), 0.5])
 def test_a_resumed_distillation_makes_the_same_student(teacher, tmp_path, target_ema):
     """With an EMA target the steps after the resume use the checkpointed target: same losses, same bytes."""
     spec = partial(distill_spec, teacher=teacher, distill={"target_ema": target_ema})

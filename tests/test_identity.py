@@ -177,6 +177,7 @@ def test_oracle_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_pat
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow  # kept out of the quick loop's 3 minutes
 def test_oracle_script_trains_a_folder_factory_identity_loads(tmp_path):
     import torch
 

@@ -339,6 +339,7 @@ def _write_variants_run(uri: str, splits, split: str, per_image: int) -> int:
     return len(records) * per_image
 
 
+@pytest.mark.slow  # kept out of the quick loop's 3 minutes
 def test_cal_with_dlcr_variants_and_refinement(tmp_path):
     world = "world://prcc?identities=12&seed=0"
     splits = load_dataset(world)

@@ -129,6 +129,7 @@ def test_a_spec_with_quality_makes_a_run_whose_every_image_is_scored(tmp_path, m
     assert verify_run(out).ok(strict=True)
 
 
+@pytest.mark.slow  # kept out of the quick loop's 3 minutes
 def test_a_run_scored_by_one_model_is_rescored_by_another_only_when_asked(scored, tmp_path):
     uri = str(tmp_path / "run")
     shutil.copytree(scored[0], uri)
