@@ -242,7 +242,7 @@ def finetune(
 
     `mode: distill` (jobs/specs/distill-demo.yaml) takes such a model as its base and
     distils it into a few-step sampler: its OUT/model/ samples with
-    `sampler: {scheduler: lcm, steps: 4}`, one UNet pass per step.
+    `sampler: {scheduler: lcm, steps: 8}`, one UNet pass per step.
     """
     from factory.dive.finetune.spec import FinetuneSpec
     from factory.spec import load_spec

@@ -85,7 +85,7 @@ class FinetuneSpec(Strict):
     mode: Literal["joint", "separate", "embed", "distill"] = Field(
         "joint",
         description="separate: one LoRA and bank per modality; embed: tokens only, for `embed`; distill: a "
-        "fine-tuned base (lora, bank, camera_codes) made a few-step sampler (`sampler: {scheduler: lcm, steps: 4}`)",
+        "fine-tuned base (lora, bank, camera_codes) made a few-step sampler (`sampler: {scheduler: lcm, steps: 8}`)",
     )
     embed: EmbedSpec | None = None
     distill: DistillSpec | None = Field(None, description="distill mode's settings (default: DistillSpec's)")
