@@ -22,8 +22,9 @@ The recipe is LCM-LoRA's (Luo et al., 2023; docs/METHODS.md §2.5), with LCM's t
 
 Guidance is folded in: the student samples with `guidance: 1`, one UNet pass per step.
 The export stacks the DiVE LoRA and the new one into one LoRA of rank r1 + r2 whose
-product is exactly their sum (zeros where only one adapts a module), beside the teacher's bank and camera codes: a model
-folder any generation spec names, with `sampler: {scheduler: lcm, steps: 8}` (2-8).
+product is exactly their sum (zeros where only one adapts a module), beside the
+teacher's bank and camera codes: a model folder any generation spec names, with
+`sampler: {scheduler: lcm, steps: 8}` (2-8).
 """
 
 from __future__ import annotations
